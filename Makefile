@@ -1,0 +1,43 @@
+# dualtoken_lite: the two commands a newcomer needs are `make demo` and `make test`.
+# Each sets up .venv on first use (a second run reuses it; it is rebuilt only when pyproject.toml changes).
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+# torch/torchvision pins that install and import together with open_clip, timm and lpips on these machines
+# (a CPU-running CUDA build on x86_64; the same pins give a CUDA build on a GPU machine). Override to taste.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test lint unit notebooks bench data teacher clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[notebooks,dev,bench]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with everything the project needs
+
+demo: $(STAMP)  ## the main job: train tiny DualToken on the bundled data, write checkpoint, grids, metrics
+	$(PY) -m dualtoken_lite.train --preset tiny --out runs/demo
+
+test: lint unit notebooks  ## everything CI runs (the notebook-pairing check is a unit test)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest tests -q
+
+notebooks: $(STAMP)  ## all notebooks, on their reduced (quick) workloads
+	DUALTOKEN_LITE_QUICK=1 $(VENV)/bin/pytest -q --nbval-lax notebooks
+
+bench: $(STAMP)  ## the quantizer benchmark (see README)
+	OMP_NUM_THREADS=2 $(PY) benchmarks/bench_quantizer.py
+
+clean:
+	rm -rf $(VENV) runs
