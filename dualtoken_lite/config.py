@@ -85,8 +85,8 @@ class ModelConfig:
     )
     proj_head_dim: int = 32  # head size inside the pre/post-quant AttnProjections (paper: 32 -> 36 heads)
     decoder_latent_grid: int = 8  # the decoder's input grid after the bilinear resize (paper: 24)
-    decoder_channels: int = 64  # base channels of the conv decoder (paper: 128)
-    decoder_channel_mult: tuple[int, ...] = (2, 1, 1, 1)  # per level, lowest resolution first (paper: 8,4,4,1,1)
+    decoder_channels: int = 32  # base channels of the conv decoder (paper: 128); tiny keeps 64 px levels thin
+    decoder_channel_mult: tuple[int, ...] = (4, 2, 1, 1)  # per level, lowest resolution first (paper: 8,4,4,1,1)
     decoder_res_blocks: int = 1  # ResBlocks per level = decoder_res_blocks + 1 (paper: 2 -> 3)
     decoder_in_channels: int = 128  # channels after the post-quant ResNet block (paper: 1024)
 
