@@ -133,11 +133,15 @@ def shape_mask(name: str, rng: np.random.Generator, cfg: TinyWorldConfig) -> np.
     radius = rng.uniform(cfg.min_radius, cfg.max_radius) * size
     aspect = np.exp(rng.uniform(-0.2, 0.2))  # mild stretch: x * aspect, y / aspect
     transform = _rotation(rng.uniform(0, 2 * np.pi)) @ np.diag([aspect, 1 / aspect]) * radius
-    reach = radius * max(aspect, 1 / aspect) * 1.05  # keep the whole shape inside the frame
-    centre = rng.uniform(reach, size - reach, 2) if reach < size / 2 else np.full(2, size / 2)
+    outer, hole = shape_outlines(name)
+    points = outer @ transform.T  # (n, 2) pixels around the centre
+    span = (points.max(0) - points.min(0)).max()
+    transform = transform * min(1.0, (size - 2) / span)  # shrink a shape that would not fit the frame
+    points = outer @ transform.T
+    low, high = 1 - points.min(0), size - 1 - points.max(0)  # centres that keep the whole shape in view
+    centre = low + rng.uniform(0, 1, 2) * (high - low)
     canvas = Image.new("L", (size * ss, size * ss), 0)
     draw = ImageDraw.Draw(canvas)
-    outer, hole = shape_outlines(name)
     for outline, value in ((outer, 255), (hole, 0)):
         if outline is not None:
             points = (outline @ transform.T + centre) * ss
