@@ -207,9 +207,27 @@ def validate(cfg: ModelConfig) -> ModelConfig:
             f"shared_quantizer=True needs pixel_layer == semantic_layer, got {cfg.pixel_layer} and "
             f"{cfg.semantic_layer}"
         )
+    if cfg.shared_quantizer and cfg.semantic_layer is None:
+        raise ConfigError("shared_quantizer=True needs a semantic branch; set semantic_layer = pixel_layer")
+    if cfg.semantic_layer is not None and cfg.semantic_layer < cfg.pixel_layer:
+        raise ConfigError(
+            f"semantic_layer={cfg.semantic_layer} comes before pixel_layer={cfg.pixel_layer}: the semantic "
+            "re-entry would feed quantized features to the pixel tap; tap the semantic layer deeper"
+        )
     validate_quantizer(cfg.pixel_quantizer, "pixel_quantizer")
     if cfg.semantic_layer is not None:
         validate_quantizer(cfg.semantic_quantizer, "semantic_quantizer")
+    for name, q in (("pixel_quantizer", cfg.pixel_quantizer), ("semantic_quantizer", cfg.semantic_quantizer)):
+        if q.code_dim > b.width and (name == "pixel_quantizer" or cfg.semantic_layer is not None):
+            raise ConfigError(
+                f"{name}.code_dim={q.code_dim} exceeds backbone.width={b.width}; the pre-quant projection "
+                "squeezes the width down to the code dim (paper: 1152 -> 32)"
+            )
+    group_norm_widths = {"backbone.width": b.width, "decoder_in_channels": cfg.decoder_in_channels}
+    group_norm_widths.update({f"decoder_channels x {m}": cfg.decoder_channels * m for m in cfg.decoder_channel_mult})
+    for name, width in group_norm_widths.items():
+        if width % 32:
+            raise ConfigError(f"{name} = {width} must be a multiple of 32 (the decoder's GroupNorm has 32 groups)")
     if b.width % cfg.proj_head_dim:
         raise ConfigError(
             f"backbone.width={b.width} must be a multiple of proj_head_dim={cfg.proj_head_dim} "
