@@ -149,7 +149,7 @@ def _grey_to_rgb(a: np.ndarray) -> Image.Image:
 def tensor_to_unit_rgb(x: torch.Tensor | np.ndarray, background: tuple[int, int, int] = WHITE) -> torch.Tensor:
     """One uint8 / float image tensor or array of any layout -> float (3, h, w) in [0, 1]."""
     is_numpy = isinstance(x, np.ndarray)
-    t = torch.from_numpy(np.ascontiguousarray(x)) if is_numpy else x
+    t = torch.from_numpy(np.array(x)) if is_numpy else x  # a copy: arrays of PIL images are read-only
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
     elif t.is_floating_point():

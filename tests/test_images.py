@@ -137,7 +137,7 @@ def test_eval_transform_resizes_shorter_side_and_crops_the_centre():
     tall.paste((255, 255, 255), (0, 20, 30, 70))  # white band around the middle third, the centre crop
     y = EvalTransform(10)(tall)
     assert y.shape == (3, 10, 10) and y.min() > 0.95
-    assert EvalTransform(10)(torch.from_numpy(np.asarray(tall)).permute(2, 0, 1)).min() > 0.95
+    assert EvalTransform(10)(torch.from_numpy(np.array(tall)).permute(2, 0, 1)).min() > 0.95
 
 
 def test_train_transform_is_reproducible_per_rng_and_varies_across_rngs():
