@@ -18,7 +18,7 @@ from the stage (``stages.py``) and the GAN weight from the schedule (``gan_sched
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -64,16 +64,16 @@ class LossConfig:
     disc_weight_decay: float = 0.0  # Adam weight decay of D (release: 0)
     disc_warmup_epochs: float = 0.5  # linear warmup of D's lr from 0, in epochs after each (re)start (release)
     disc_min_lr: float = 4e-5  # floor of D's cosine lr decay (release: 4e-5)
-    extra: dict = field(default_factory=dict)  # free-form notes carried into logs (e.g. the preset name)
+    name: str = "paper"  # the preset this config started from (for logs)
 
 
 LOSS_PRESETS: dict[str, LossConfig] = {
-    "paper": LossConfig(extra={"preset": "paper"}),
+    "paper": LossConfig(name="paper"),
     # tiny, 64 px on a CPU: no perceptual term by default. LPIPS needs torchvision's ImageNet VGG16 weights,
     # which cannot be downloaded offline, and at 64 px VGG's deepest LPIPS features are 4x4 maps, far below
     # the 64-256 px patches LPIPS was calibrated on. A narrower discriminator (32 base channels, 434,625
     # parameters, 8x8 logits at 64 px) suits the small decoder. All other weights are the paper's.
-    "tiny": LossConfig(perceptual_weight=0.0, disc_channels=32, extra={"preset": "tiny"}),
+    "tiny": LossConfig(name="tiny", perceptual_weight=0.0, disc_channels=32),
 }
 LOSS_PRESETS["so400m-384"] = LOSS_PRESETS["paper"]  # the model presets' names, so a run's preset finds its losses
 LOSS_PRESETS["so400m-256"] = LOSS_PRESETS["paper"]
@@ -313,7 +313,7 @@ def generator_loss(
         terms["gan_adaptive_weight"] = g_w
         terms["gan_logits_fake"] = logits_fake.float().mean()
         total = total + gan_weight * g_w * g
-    terms["gan_weight"] = torch.tensor(float(gan_weight if on["gan"] else 0.0))
+    terms["gan_weight"] = torch.tensor(float(gan_weight if on["gan"] else 0.0), device=images.device)
     logs = {k: v.detach() for k, v in terms.items()}
     logs["total"] = total.detach()
     return total, logs
@@ -365,7 +365,7 @@ def discriminator_loss(
     logits_real, logits_fake = logits[:batch], logits[batch:]
     loss = discriminator_hinge_loss(logits_real, logits_fake, cfg.disc_hinge_slope)
     logs = {"disc_loss": loss.detach(), "disc_logits_real": logits_real.detach().float().mean(),
-            "disc_logits_fake": logits_fake.detach().float().mean(), "disc_weight": torch.tensor(float(weight))}
+            "disc_logits_fake": logits_fake.detach().float().mean(), "disc_weight": torch.tensor(float(weight), device=images.device)}
     return weight * loss, logs
 
 

@@ -120,3 +120,10 @@ class Perceptual(nn.Module):
 
     def extra_repr(self) -> str:
         return f"label={self.label!r}, weights={self.weights_path}"
+
+
+def build_perceptual(cfg) -> Perceptual | None:
+    """The perceptual module a ``LossConfig`` asks for: None when ``perceptual_weight`` is 0 (nothing built)."""
+    if cfg.perceptual_weight <= 0:
+        return None
+    return Perceptual(cfg.vgg_weights, allow_random_backbone=cfg.allow_random_lpips)

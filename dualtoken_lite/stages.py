@@ -10,6 +10,8 @@
 A stage is a ``StageSpec`` (plain data); ``apply_stage`` turns it into ``requires_grad`` flags and returns a
 summary of what is trainable, and ``stage_train_mode`` keeps codebooks a stage freezes from updating their EMA.
 Block numbers in the prose are 1-indexed as in the paper; ``trunk.blocks[i]`` is block i + 1.
+One semantic formula serves every stage (SPEC §3). The release also re-weighted it per stage (stage 0:
+5 x the pooled term only; stage 2: token cosine + 5 x pooled); those are LossConfig overrides, not stages.
 """
 
 from __future__ import annotations

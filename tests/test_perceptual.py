@@ -110,3 +110,11 @@ def test_frozen_metric_passes_gradients_to_the_reconstruction_only(random_lpips)
 def test_shape_mismatch_is_explained(random_lpips):
     with pytest.raises(ValueError, match=r"\(B, 3, h, w\)"):
         random_lpips(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 16, 16))
+
+
+def test_the_loss_config_decides_whether_lpips_is_built():
+    from dualtoken_lite.losses import loss_preset
+
+    assert P.build_perceptual(loss_preset("tiny")) is None  # no perceptual term: no VGG at all
+    with pytest.raises(P.PerceptualWeightsMissing):
+        P.build_perceptual(loss_preset("paper"))  # asks for the real metric: refuses without weights
