@@ -41,7 +41,8 @@ class TrainConfig:
     gan_start_epoch: int | None = None  # 0-based epoch in whose second half the discriminator starts; None = no GAN
     gan_start_step: int | None = None  # the same in steps (wins over gan_start_epoch when both are set)
     restart_gan: int | None = None  # re-create the discriminator and its optimizer every N epochs after the start
-    teacher: str | None = "shipped"  # starting tower + distillation teacher: "shipped" (tiny), None (= the backbone)
+    teacher: str = "shipped"  # distillation teacher: "shipped" (tiny world's, also the starting tower), "backbone"
+    #                           (a frozen copy of the tower as built, e.g. pretrained SigLIP) or a teacher folder
     init_from: str | None = None  # start a new run from a model folder's weights (fresh optimizers): stage 1 -> 2
     resume: str | None = None  # continue a run: its folder, or a checkpoints/step_* folder
     seed: int = 0  # seeds python, numpy and torch on every rank (data order is derived from it too)
@@ -66,7 +67,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "so400m-384": dict(
         out="runs/so400m-384", train_data="", eval_data=None, train_num_samples=10_000_000, epochs=20,
         max_steps=None, batch_size=32, lr=7.2e-5, beta1=0.5, beta2=0.9, weight_decay=1e-4, warmup_steps=10_000,
-        gan_start_epoch=0, restart_gan=20, teacher=None, workers=4, log_every=50, image_every=2000,
+        gan_start_epoch=0, restart_gan=20, teacher="backbone", workers=4, log_every=50, image_every=2000,
         eval_every=0, save_every=5000,
     ),
 }

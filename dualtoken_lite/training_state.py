@@ -76,11 +76,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(
-    root: str | Path, step: int, model, state: dict[str, Any], keep: int = 3
+    root: str | Path, step: int, model, state: dict[str, Any], keep: int = 3, before_commit=None
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically and prune all but the ``keep`` newest.
 
     ``model`` must offer ``save_pretrained(folder)``; ``state`` holds the rest (see the module docstring).
+    ``before_commit`` is called when every file is written but not yet renamed into place (a test hook).
     """
     if keep < 1:
         raise ValueError(f"keep={keep}: at least one checkpoint must be kept")
@@ -94,6 +95,8 @@ def save_checkpoint(
     model.save_pretrained(tmp)
     torch.save({"format_version": STATE_FORMAT_VERSION, "step": step, **state}, tmp / STATE_FILE)
     _fsync_tree(tmp)
+    if before_commit is not None:
+        before_commit()
     if final.exists():  # the same step saved again (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
