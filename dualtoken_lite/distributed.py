@@ -88,3 +88,17 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+@torch.no_grad()
+def same_across_ranks(module: torch.nn.Module) -> bool:
+    """True when every parameter and buffer equals rank 0's (a collective: call it on every rank)."""
+    if not dist.is_initialized():
+        return True
+    differ = torch.zeros(())
+    for tensor in module.state_dict().values():
+        reference = tensor.detach().clone()
+        dist.broadcast(reference, src=0)
+        differ += float(not torch.equal(reference, tensor.detach()))
+    dist.all_reduce(differ)
+    return bool(differ.item() == 0)

@@ -112,10 +112,12 @@ def run(cfg: TrainConfig) -> dict:
     if not tr.save_due(tr.step):
         _save(tr, run_dir, world)
     summary = {}
+    identical = dist_utils.same_across_ranks(tr.model)  # DDP + all-reduced codebooks keep the ranks equal
     if world.is_main:
         tr.model.save_pretrained(run_dir / "model")
-        summary = tr.final_summary()
-        logger.log(tr.step, {"eval": summary.get("eval", {})})
+        summary = {**tr.final_summary(), "world_size": world.world_size, "ranks_identical": identical}
+        if summary.get("eval"):
+            logger.log(tr.step, {"eval": summary["eval"]})
         write_summary(run_dir, summary)
     logger.close()
     dist_utils.barrier()

@@ -1,0 +1,176 @@
+"""The trainer: resume after SIGKILL equals an unbroken run, accumulation equals a big batch, stages freeze,
+configs fail before data is read, bad samples are counted, NaN stops cleanly, two processes agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+from safetensors.torch import load_file
+
+from dualtoken_lite import distributed as dist_utils
+from dualtoken_lite.config import ConfigError
+from dualtoken_lite.tinyworld import encode_png, make_sample
+from dualtoken_lite.train import run
+from dualtoken_lite.train_config import parse_args
+from dualtoken_lite.trainer import build_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+# A small, fast run: tiny preset, small codebooks, its own tower as teacher, one thread.
+FAST = ["--preset", "tiny", "--teacher", "backbone", "--batch_size", "4", "--threads", "1",
+        "--model.pixel_quantizer.codebook_size", "64", "--model.semantic_quantizer.codebook_size", "64",
+        "--log_every", "1", "--image_every", "0", "--eval_every", "0", "--eval_samples", "8"]
+
+
+def _write_shard(path: Path, split: str, n: int, corrupt: tuple[int, ...] = ()) -> str:
+    with wds.TarWriter(str(path)) as sink:
+        for i in range(n):
+            image, meta = make_sample(i, split)
+            png = b"not a png at all" if i in corrupt else encode_png(image)
+            sink.write({"__key__": f"{split}-{i:05d}", "png": png, "cls": str(meta["label"]).encode()})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("shards")
+    return {"train": _write_shard(root / "train.tar", "train", 64), "eval": _write_shard(root / "eval.tar", "eval", 16)}
+
+
+def _args(shards, out, *extra) -> list[str]:
+    return [*FAST, "--train-data", shards["train"], "--eval-data", shards["eval"], "--out", str(out), *extra]
+
+
+def _cli(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("DUALTOKEN_LITE_FAULT", None)
+    if fault:
+        env["DUALTOKEN_LITE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "dualtoken_lite.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+# GAN on from step 2, checkpoints every 2 steps, deterministic kernels.
+RESUME = ["--max_steps", "6", "--save_every", "2", "--gan_start_step", "2", "--deterministic", "true"]
+
+
+@pytest.fixture(scope="module")
+def unbroken(shards, tmp_path_factory) -> dict[str, torch.Tensor]:
+    out = tmp_path_factory.mktemp("unbroken")
+    result = _cli(_args(shards, out, *RESUME))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _weights(out)
+
+
+@pytest.mark.parametrize("fault", ["kill-after-step:5", "kill-in-save:4"])
+def test_sigkill_then_resume_equals_the_unbroken_run(shards, unbroken, tmp_path, fault):
+    killed = _cli(_args(shards, tmp_path, *RESUME), fault=fault)
+    assert killed.returncode == -9, f"the fault hook did not fire: {killed.stderr[-2000:]}"
+    assert not (tmp_path / "model").exists()
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() in ("step_00000002", "step_00000004")
+    resumed = _cli(_args(shards, tmp_path, *RESUME, "--resume", str(tmp_path)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    weights = _weights(tmp_path)
+    assert weights.keys() == unbroken.keys()
+    for name, tensor in unbroken.items():
+        assert torch.equal(weights[name], tensor), f"{name} differs after resume ({fault})"
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 6, "a resumed run re-logs the repeated steps exactly once"
+
+
+def test_gradient_accumulation_equals_one_big_batch(shards, tmp_path):
+    base = [*FAST, "--train-data", shards["train"], "--eval-data", "none", "--max_steps", "1",
+            "--deterministic", "true"]
+    run(parse_args([*base, "--out", str(tmp_path / "big"), "--batch_size", "8"]))
+    run(parse_args([*base, "--out", str(tmp_path / "acc"), "--batch_size", "4", "--grad_accum", "2"]))
+    big, acc = _weights(tmp_path / "big"), _weights(tmp_path / "acc")
+    assert [n for n in big if n.endswith("embed")], "the codebooks are part of the comparison"
+    for name, tensor in big.items():
+        torch.testing.assert_close(acc[name], tensor, rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_each_stage_trains_only_what_it_declares(shards, tmp_path, stage):
+    cfg = parse_args(_args(shards, tmp_path, "--stage", str(stage), "--max_steps", "1"))
+    world = dist_utils.setup("cpu")
+    tr = build_trainer(cfg, world)
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    frozen = {n for n, p in tr.model.named_parameters() if not p.requires_grad}
+    tr.generator_micro_step(tr.model, next(tr.batches()), scale=1.0)
+    tr.optimizer_step()
+    for name, p in tr.model.named_parameters():
+        moved = not torch.equal(before[name], p.detach())
+        if name in frozen:
+            assert not moved, f"stage {stage}: frozen {name} moved"
+    trunk_blocks = {n for n in frozen if n.startswith("encoder.trunk.blocks.")}
+    if stage == 0:
+        assert "encoder.trunk.blocks.0.attn.qkv.weight" in trunk_blocks
+        assert "encoder.trunk.blocks.4.attn.qkv.weight" in trunk_blocks  # semantic_layer = 5 (1-indexed)
+        assert "encoder.trunk.blocks.5.attn.qkv.weight" not in frozen
+    elif stage == 1:
+        assert not frozen
+    else:
+        assert any(n.startswith("decoder.") for n in frozen) and any(n.startswith("pixel_proj.") for n in frozen)
+        assert not any(n.startswith("semantic_proj.") for n in frozen)
+
+
+def test_a_config_error_is_reported_before_any_data_is_read(tmp_path):
+    missing = tmp_path / "no-such-shards-{0000..0009}.tar"
+    with pytest.raises(ConfigError, match="pixel_layer=40"):
+        parse_args([*FAST, "--train-data", str(missing), "--model.pixel_layer", "40"])
+    with pytest.raises(ConfigError, match="stage=7"):
+        parse_args([*FAST, "--train-data", str(missing), "--stage", "7"])
+    with pytest.raises(ConfigError, match="has no field"):
+        parse_args([*FAST, "--model.no_such_field", "1"])
+
+
+def test_release_flags_parse_to_the_same_settings_as_ours():
+    release = ("--sem_weight 2 --stage 0 --name myrun --model model_config_siglip_384_rvq8 --train-data=x-{0..3}.tar "
+               "--train-num-samples 1000 --dataset-type webdataset --warmup=100 --batch-size=16 --lr=7.2e-5 "
+               "--beta1=0.5 --beta2=0.9 --wd=0.0001 --epochs=3 --gan_start_epoch=1 --restart_gan=2 --workers=2")
+    ours = ("--preset so400m-384 --loss.sem_weight 2 --stage 0 --out runs/myrun --train_data x-{0..3}.tar "
+            "--train_num_samples 1000 --warmup_steps 100 --batch_size 16 --lr 7.2e-5 --beta1 0.5 --beta2 0.9 "
+            "--weight_decay 0.0001 --epochs 3 --gan_start_epoch 1 --restart_gan 2 --workers 2")
+    assert parse_args(release.split()) == parse_args(ours.split())
+
+
+def test_bad_samples_are_skipped_and_counted(tmp_path):
+    train = _write_shard(tmp_path / "bad.tar", "train", 24, corrupt=(1, 5, 9))
+    summary = run(parse_args([*FAST, "--train-data", train, "--eval-data", "none", "--max_steps", "6",
+                              "--out", str(tmp_path / "run")]))  # 6 batches of 4 = the whole shard once
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [line["data_skipped"] for line in lines]
+    assert skipped == sorted(skipped) and skipped[-1] == 3.0  # samples 1, 5 and 9, each counted once
+    assert summary["step"] == 6
+
+
+def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(shards, tmp_path):
+    result = _cli(_args(shards, tmp_path, "--max_steps", "6", "--save_every", "2"), fault="nan-loss:3")
+    assert result.returncode == 3
+    assert "non-finite loss at step 3" in result.stderr
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_00000002"]
+    from dualtoken_lite.model import DualToken
+
+    DualToken.from_pretrained(tmp_path / "checkpoints" / "step_00000002")  # loads strictly
+
+
+def test_two_processes_train_in_step(shards, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dualtoken_lite.train", *_args(shards, tmp_path, "--max_steps", "3", "--grad_accum", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == 3 and summary["world_size"] == 2
+    assert summary["ranks_identical"] is True  # every parameter and codebook buffer equal on both ranks
