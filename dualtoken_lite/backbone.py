@@ -31,7 +31,10 @@ from .config import BackboneConfig, ConfigError
 # Key prefixes under which a trunk's weights appear in the checkpoints we accept (tried in this order).
 TRUNK_PREFIXES = ("", "trunk.", "visual.trunk.", "module.visual.trunk.", "encoder.trunk.")
 # File names looked up inside a weights folder (open_clip / HF hub layouts, and our own checkpoints).
-WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin")
+WEIGHT_FILES = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin",
+    "teacher.safetensors",  # the tiny world's teacher (dualtoken_lite.teacher): its trunk.* tensors
+)
 
 
 def build_tiny_trunk(cfg: BackboneConfig) -> VisionTransformer:
