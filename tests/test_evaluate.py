@@ -1,0 +1,138 @@
+"""The evaluate command: figures through the codes equal the forward pass's, rFID's code path against a hand-computed
+Frechet distance, clear refusals for what is missing, table + JSON from a run folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import image_folder, saved_model, shard, small_model
+from scipy import linalg
+from torch import nn
+
+from dualtoken_lite import evaluate as ev
+from dualtoken_lite.config import BackboneConfig
+from dualtoken_lite.data import build_loader
+from dualtoken_lite.evaluation import evaluate_tokenizer
+from dualtoken_lite.teacher import Teacher, save_teacher
+from dualtoken_lite.tinyworld import CLASSES
+
+
+class PooledColour(nn.Module):
+    """A stand-in FID feature network: uint8 (B, 3, h, w) -> mean colour of each 2 x 2 block, (B, 12)."""
+
+    num_features = 12
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(images.float() / 255, 2).flatten(1)
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """The Frechet distance between Gaussians fitted to feature rows a and b (scipy's matrix square root)."""
+    mu_a, mu_b, cov_a, cov_b = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def random_head(model, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(model.cfg.backbone.width, len(CLASSES)).eval()
+
+
+@pytest.mark.parametrize("kind", ["dual", "shared", "no_semantic"])
+@pytest.mark.parametrize("head_kind", ["linear", "zero_shot"])
+def test_codes_path_equals_forward_path(tmp_path, kind, head_kind):
+    model = small_model(kind)
+    head = random_head(model)
+    if head_kind == "zero_shot":
+        head = ev.ZeroShotHead(nn.functional.normalize(torch.randn(model.cfg.backbone.width, len(CLASSES)), dim=0))
+    teacher = small_model("dual", seed=1).encoder.trunk  # any trunk with the same width serves as the reference
+    data = shard(tmp_path / "eval.tar", count=10)
+    loader = lambda: build_loader(str(data), 64, batch_size=4, train=False)  # noqa: E731
+    ours = ev.evaluate_codes(model, loader(), max_images=9, head=head, teacher=teacher)
+    theirs = evaluate_tokenizer(model, loader(), max_images=9, head=head, teacher=teacher)
+    assert ours["images"] == theirs["images"] == 9
+    assert ours["psnr"] == pytest.approx(theirs["psnr"], abs=1e-4)
+    assert ours["ssim"] == pytest.approx(theirs["ssim"], abs=1e-5)
+    assert ours["codebook"] == theirs["codebook"]
+    assert list(ours["codebook"]) == (["pixel", "semantic"] if kind == "dual" else ["pixel"])
+    if kind == "no_semantic":
+        assert "semantic_accuracy" not in ours and "semantic_accuracy" not in theirs
+    else:  # the pooled embedding from encode()'s codes is the forward pass's, prediction by prediction
+        assert ours["semantic_accuracy"] == theirs["semantic_accuracy"]
+        assert ours["teacher_accuracy"] == theirs["teacher_accuracy"]
+        x = next(iter(loader()))["image"]
+        with torch.no_grad():
+            torch.testing.assert_close(model.decode_semantic(model.encode(x)[1]), model(x).pooled)
+
+
+def test_fid_code_path_matches_hand_computed_distance(tmp_path):
+    model = small_model()
+    fid = ev.build_fid(feature=PooledColour())
+    batches = build_loader(str(image_folder(tmp_path / "imgs", count=16)), 64, batch_size=5, train=False)
+    result = ev.evaluate_codes(model, batches, fid=fid)
+    x = torch.cat([b["image"] for b in build_loader(str(tmp_path / "imgs"), 64, batch_size=16, train=False)])
+    with torch.no_grad():
+        x_hat = model.decode(model.encode(x)[0])
+    feats = [PooledColour()(ev.to_uint8(t)).double().numpy() for t in (x, x_hat)]
+    assert result["rfid"] == pytest.approx(frechet(*feats), rel=1e-3, abs=1e-6)
+    assert result["rfid"] > 1e-3  # a random tokenizer's reconstructions are far from the originals
+    assert result["rfid_features"] == "custom: PooledColour"
+
+
+def test_fid_refuses_clearly_without_package_or_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(ev.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ev.MetricUnavailable, match="torch-fidelity.*pip install torch-fidelity") as err:
+        ev.build_fid()
+    assert ev.INCEPTION_FILE in str(err.value)
+    monkeypatch.setattr(ev.importlib.util, "find_spec", lambda name: object())  # as if installed
+    missing = tmp_path / "inception.pth"
+    with pytest.raises(ev.MetricUnavailable, match=f"weights file {missing}, which does not exist"):
+        ev.build_fid(inception_weights=missing)
+
+
+def test_zero_shot_refuses_clearly():
+    # offline here: SigLIP's tokenizer needs `transformers` + hub files, its text tower the hub weights
+    with pytest.raises(ev.MetricUnavailable, match="transformers|text tower weights"):
+        ev.build_zero_shot_head("ViT-SO400M-14-SigLIP-384", "webli", ["cat", "dog"])
+    with pytest.raises(ev.MetricUnavailable, match="has none"):
+        ev.build_zero_shot_head("tiny", "webli", ["cat"])
+
+
+def test_cli_on_run_folder_writes_table_and_json(tmp_path, capsys):
+    model, weights = saved_model(tmp_path / "weights")
+    run = tmp_path / "run"
+    shutil.copytree(weights, run / "model")
+    torch.manual_seed(0)
+    teacher = Teacher(BackboneConfig())  # random: the CLI path is under test, not the teacher
+    save_teacher(teacher, {"classes": list(CLASSES), "backbone": asdict(BackboneConfig())}, str(tmp_path / "t"))
+    data = image_folder(tmp_path / "imgs", count=7)
+    out = tmp_path / "eval.json"
+    code = ev.main([str(run), "--data", str(data), "--batch-size", "3", "--device", "cpu", "--teacher",
+                    str(tmp_path / "t"), "--fid", "--json", str(out)], fid_feature=PooledColour())
+    assert code == 0
+    table = capsys.readouterr().out
+    for label in ("PSNR (dB, RGB [0,1], range 1)", "teacher-head top-1 (from codes)", "rFID (custom", "semantic"):
+        assert label in table
+    result = json.loads(out.read_text())
+    assert result["checkpoint"] == str(run / "model") and result["images"] == 7
+    direct = ev.evaluate_codes(model, build_loader(str(data), 64, 3, train=False), head=teacher.head,
+                               teacher=teacher.trunk)
+    for key in ("psnr", "ssim", "semantic_accuracy", "teacher_accuracy"):
+        assert result[key] == pytest.approx(direct[key])
+    assert result["codebook"] == direct["codebook"]
+    assert len(result["codebook"]["semantic"]["utilisation"]) == model.cfg.semantic_quantizer.depth
+
+
+def test_cli_refuses_missing_lpips_and_zero_shot_before_reading_data(tmp_path, monkeypatch, capsys):
+    _, ckpt = saved_model(tmp_path / "model")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache: no VGG16 file
+    args = [str(ckpt), "--data", str(tmp_path / "no-such-data"), "--device", "cpu", "--teacher", "none"]
+    assert ev.main([*args, "--lpips"]) == 2
+    assert "vgg16-397923af.pth" in capsys.readouterr().err
+    assert ev.main([*args, "--zero-shot"]) == 2
+    assert "zero-shot needs an open_clip SigLIP model" in capsys.readouterr().err
