@@ -20,9 +20,9 @@ Usage (shapes as the model uses them, B images of an H x W token grid)::
 
     rq = ResidualQuantizer(dim=32, depth=8, codebook_size=16384)
     out = rq(z)                    # z (B, N, 32) -> out.quantized (B, N, 32), out.codes (B, N, 8)
+    assert torch.equal(rq.decode(out.codes), out.quantized)   # exact, until the codebook next moves
     loss = task_loss + 5 * out.commitment
-    loss.backward(); optimizer.step(); rq.update_codebook()
-    assert torch.equal(rq.decode(out.codes), out.quantized)   # before the update
+    loss.backward(); optimizer.step(); rq.update_codebook()   # the codebook moves here, once per step
 """
 
 from __future__ import annotations
