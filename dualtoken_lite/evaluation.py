@@ -53,7 +53,7 @@ def evaluate_tokenizer(
         sums["psnr"] += psnr(out.reconstruction, x).sum().item()
         sums["ssim"] += ssim(out.reconstruction, x).sum().item()
         if lpips_metric is not None:
-            sums["lpips"] += lpips_metric(out.reconstruction.float(), x.float()).sum().item()
+            sums["lpips"] += lpips_metric(out.reconstruction.float(), x.float()).item() * x.shape[0]  # batch mean
         usage["pixel"].update(out.pixel_codes)
         if "semantic" in usage:
             usage["semantic"].update(out.semantic_codes)
