@@ -149,7 +149,10 @@ class DualToken(nn.Module):
         quantizer.check_codes(codes)  # integer dtype, values in [0, K)
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """images (B, 3, h, w) -> (pixel_codes (B, H, W, D), semantic_codes (B, H, W, D) or None)."""
+        """images (B, 3, h, w) -> (pixel_codes (B, H, W, D), semantic_codes (B, H, W, D) or None).
+
+        Use eval mode for inference: in training mode the quantizers also accumulate EMA statistics.
+        """
         enc = self.forward_encoder(images, pool=False)
         return enc["pixel"].codes, enc["semantic"].codes if enc["semantic"] is not None else None
 
