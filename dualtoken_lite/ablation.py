@@ -13,7 +13,7 @@ Here each variant is the tiny preset with its taps moved (``VARIANTS``), trained
 PSNR and SSIM for all, and, for the two with a semantic branch, the semantic accuracy (the teacher's class head
 on the pooled embedding computed from the quantized path, the stand-in for zero-shot; SPEC §6, §9).
 
-    python -m dualtoken_lite.ablation --steps 600 --seeds 0 1 --out runs/ablation
+    OMP_NUM_THREADS=2 python -m dualtoken_lite.ablation --steps 500 --seeds 0 1 --out runs/ablation   # 8 runs, ~1 h (est.)
     python -m dualtoken_lite.ablation --steps 2 --seeds 0 --batch_size 4 --teacher backbone   # smoke run
 
 Any other ``--flag value`` goes to every run's trainer (``python -m dualtoken_lite.train --help`` names them);
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      epilog="Other --flag value pairs are passed to every training run.",
                                      allow_abbrev=False)
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps of every run (one budget)")
+    parser.add_argument("--steps", type=int, default=500, help="optimizer steps of every run (one budget)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one run per seed and variant")
     parser.add_argument("--out", default="runs/ablation", help="folder of the runs, ablation.json and .md")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
