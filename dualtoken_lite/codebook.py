@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 RESTART_SEED = 20250318  # base seed of the restart draws; the update counter is added, so resumes replay them
+NO_UPDATE = {"updated": 0.0, "vectors": 0.0, "restarted": 0.0, "utilisation": 0.0, "perplexity": 0.0}
 
 
 def nearest_code(x: Tensor, embed: Tensor, chunk_size: int = 256, cosine: bool = False) -> Tensor:
@@ -161,7 +162,7 @@ class Codebook(nn.Module):
     def update(self) -> dict[str, float]:
         """Apply the accumulated statistics once: all-reduce, EMA k-means step, dead-code restart."""
         if self._count is None and not distributed_ready():
-            return {"updated": 0.0, "vectors": 0.0, "restarted": 0.0, "utilisation": 0.0, "perplexity": 0.0}
+            return dict(NO_UPDATE)
         device = self.embed.device
         count = self._count if self._count is not None else torch.zeros(self.size, device=device)
         total = self._sum if self._sum is not None else torch.zeros(self.size, self.dim, device=device)
@@ -173,7 +174,7 @@ class Codebook(nn.Module):
         self.reset_accumulators()
         vectors = float(count.sum())
         if vectors == 0:  # nothing was accumulated on any rank
-            return {"updated": 0.0, "vectors": 0.0, "restarted": 0.0, "utilisation": 0.0, "perplexity": 0.0}
+            return dict(NO_UPDATE)
         utilisation, perplexity = usage_figures(count)
         self.ema_step(count, total)
         restarted = self.restart_dead_codes(count, pool)
