@@ -149,6 +149,7 @@ def main() -> None:
     for row in ROWS:  # every large tensor its own mapping: RSS follows live tensors (slower, so untimed)
         runs.append((["--measure", "memory", "--row", row], dict(env, MALLOC_MMAP_THRESHOLD_="131072")))
     results = {row: {} for row in ROWS}
+    load_before = os.getloadavg()[0]  # other programs on the machine: timings are only comparable within a run
     for extra, run_env in runs:
         cmd = [sys.executable, __file__, *extra, *options]
         done = subprocess.run(cmd, env=run_env, capture_output=True, text=True, check=True)
@@ -159,7 +160,8 @@ def main() -> None:
     print(
         f"Residual quantizer, training forward: N = {args.images} x {args.positions} = {n} vectors, d = {args.dim}, "
         f"D = {args.depth}, K = {args.codebook_size}, shared codebook; torch {torch.__version__}, "
-        f"{args.threads} CPU threads, median of {args.repeats}\n"
+        f"{args.threads} CPU threads, median of {args.repeats}; 1-min load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)\n"
     )
     floor_ms, rvq_mib = results["floor"]["median_ms"], results["ResidualVQ"]["peak_mib"]
     print("| row | median ms / call | x floor time | peak extra MiB | x ResidualVQ memory |")
