@@ -1,0 +1,50 @@
+"""Reconstruction baselines on the committed eval shard: PSNR (RGB in [0, 1], data range 1) per background.
+
+Run from the repository root: ``python data/recon_baselines.py`` (prints the table in data/README.md).
+"""
+
+import collections
+import io
+
+import numpy as np
+from PIL import Image
+
+from dualtoken_lite import tinyworld as tw
+
+COLUMNS = ("down/up x2", "down/up x4", "down/up x8", "JPEG q50")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images, on [0, 1] with data range 1."""
+    return 10 * np.log10(1.0 / np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2))
+
+
+def resample(image: np.ndarray, factor: int) -> np.ndarray:
+    """Bicubic down by ``factor`` and back up: what a grid of (64 / factor)^2 RGB values keeps."""
+    small = Image.fromarray(image).resize((64 // factor, 64 // factor), Image.BICUBIC, reducing_gap=None)
+    return np.asarray(small.resize((64, 64), Image.BICUBIC))
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """A round trip through Pillow's JPEG encoder."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer))
+
+
+def main() -> None:
+    rows = collections.defaultdict(lambda: collections.defaultdict(list))
+    for image, meta in tw.read_shards(["data/tinyworld/eval-0000.tar.gz"]):
+        for kind in (meta["background"], "all"):
+            for factor, column in zip((2, 4, 8), COLUMNS):
+                rows[kind][column].append(psnr(image, resample(image, factor)))
+            rows[kind][COLUMNS[3]].append(psnr(image, jpeg(image, 50)))
+    print("| background | n | " + " | ".join(COLUMNS) + " |")
+    print("|---|---|" + "---|" * len(COLUMNS))
+    for kind in (*tw.BACKGROUNDS, "all"):
+        cells = " | ".join(f"{np.mean(rows[kind][c]):.1f}" for c in COLUMNS)
+        print(f"| {kind} | {len(rows[kind][COLUMNS[0]])} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
