@@ -9,10 +9,12 @@ procedural shapes of ``dualtoken_lite.tinyworld`` and shipped as small safetenso
     trunk, head = load_teacher()                      # data/teacher/teacher.safetensors, eval mode
     logits = head(trunk(images))                      # images (B, 3, 64, 64) in [-1, 1] -> (B, classes)
 
-Recipe (why it learns in minutes where a plain run stalled): a pool of fresh generator samples, each seen
-under a random flip/rotation by 90 degrees (the classes are symmetric under them), batch 64, AdamW with a
-linear warmup and a cosine decay from a high peak learning rate, label smoothing, gradient clipping, and
-bfloat16 autocast on the CPU. ``python -m dualtoken_lite.teacher`` remakes the shipped weights.
+Why it learns in minutes where a plain run stalled near chance: mostly the data (the shape is always the
+light figure on a darker ground, ``tinyworld.light_figure``); then the recipe: a pool of generator samples,
+each seen under a random flip/rotation by 90 degrees (the classes are symmetric under them), batch 64, AdamW
+with a linear warmup and a cosine decay, label smoothing, gradient clipping, and bfloat16 autocast on the CPU.
+Shipped result: 98.3 % held-out (raw-pixel linear probe: 31.5 %) after 21 minutes on one CPU thread.
+``OMP_NUM_THREADS=1 python -m dualtoken_lite.teacher --threads 1`` remakes the shipped weights.
 """
 
 from __future__ import annotations
