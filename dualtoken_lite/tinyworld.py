@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gzip
 import io
-import json
 import os
 import tarfile
 from collections.abc import Iterator
@@ -314,28 +312,28 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def shard_paths(root: str, split: str, count: int, shard_size: int) -> list[str]:
-    """The file names of a split's shards: ``{root}/{split}-{shard:04d}.tar.gz``."""
+    """The file names of a split's shards: ``{root}/{split}-{shard:04d}.tar``."""
     shards = -(-count // shard_size)
-    return [os.path.join(root, f"{split}-{k:04d}.tar.gz") for k in range(shards)]
+    return [os.path.join(root, f"{split}-{k:04d}.tar") for k in range(shards)]
 
 
 def write_shards(root: str, split: str, count: int, shard_size: int = 2048,
                  cfg: TinyWorldConfig | None = None) -> list[str]:
-    """Write samples 0 .. count-1 of a split as gzipped WebDataset tar shards (``png``, ``cls``, ``json``).
+    """Write samples 0 .. count-1 of a split as plain WebDataset tar shards (``png`` and ``cls`` per sample).
 
-    Tar members and the gzip header carry fixed times and names, so the same arguments give identical bytes.
+    Plain tars (the PNGs inside are compressed already) let the loader seek straight to any sample.
+
+    Tar members carry fixed times and names, so the same arguments give identical bytes.
     """
     os.makedirs(root, exist_ok=True)
     paths = shard_paths(root, split, count, shard_size)
     for k, path in enumerate(paths):
         tmp = path + ".partial"
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i in range(k * shard_size, min(count, (k + 1) * shard_size)):
                 image, meta = make_sample(i, split, cfg)
                 key = f"{split}-{i:07d}"
-                for ext, payload in (("png", encode_png(image)), ("cls", str(meta["label"]).encode()),
-                                     ("json", json.dumps(meta, sort_keys=True).encode())):
+                for ext, payload in (("png", encode_png(image)), ("cls", str(meta["label"]).encode())):
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size, info.mtime, info.mode = len(payload), 0, 0o444
                     tar.addfile(info, io.BytesIO(payload))
@@ -363,7 +361,7 @@ def ensure_tinyworld(root: str = "data/tinyworld", splits: tuple[str, ...] = ("t
 
 
 def read_shards(paths: list[str]) -> Iterator[tuple[np.ndarray, dict]]:
-    """Read samples back from shards in order: (image (h, w, 3) uint8, metadata)."""
+    """Read samples back from shards in order: (image (h, w, 3) uint8, {"key": ..., "label": ...})."""
     for path in paths:
         with tarfile.open(path, "r:*") as tar:
             files: dict[str, dict[str, bytes]] = {}
@@ -372,7 +370,7 @@ def read_shards(paths: list[str]) -> Iterator[tuple[np.ndarray, dict]]:
                 files.setdefault(key, {})[ext] = tar.extractfile(member).read()
             for key in sorted(files):
                 image = np.asarray(Image.open(io.BytesIO(files[key]["png"])).convert("RGB"))
-                yield image, json.loads(files[key]["json"])
+                yield image, {"key": key, "label": int(files[key]["cls"])}
 
 
 def load_split(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:

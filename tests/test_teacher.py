@@ -10,7 +10,7 @@ import torch
 from dualtoken_lite import teacher as T
 from dualtoken_lite import tinyworld as tw
 
-EVAL_SHARD = os.path.join(os.path.dirname(__file__), "..", "data", "tinyworld", "eval-0000.tar.gz")
+EVAL_SHARD = os.path.join(os.path.dirname(__file__), "..", "data", "tinyworld", "eval-0000.tar")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 
 from dualtoken_lite import tinyworld as tw
 
-EVAL_SHARD = os.path.join(os.path.dirname(__file__), "..", "data", "tinyworld", "eval-0000.tar.gz")
+EVAL_SHARD = os.path.join(os.path.dirname(__file__), "..", "data", "tinyworld", "eval-0000.tar")
 
 
 @pytest.mark.parametrize("split", sorted(tw.SPLITS))
@@ -89,7 +89,7 @@ def test_shards_are_byte_identical_and_read_by_webdataset(tmp_path):
 
     a = tw.write_shards(str(tmp_path / "a"), "train", 10, shard_size=4)
     b = tw.write_shards(str(tmp_path / "b"), "train", 10, shard_size=4)
-    assert [os.path.basename(p) for p in a] == ["train-0000.tar.gz", "train-0001.tar.gz", "train-0002.tar.gz"]
+    assert [os.path.basename(p) for p in a] == ["train-0000.tar", "train-0001.tar", "train-0002.tar"]
     assert [open(p, "rb").read() for p in a] == [open(p, "rb").read() for p in b]
     dataset = wds.WebDataset(a, shardshuffle=False).decode("rgb8").to_tuple("png", "cls")
     images, labels = tw.make_batch(0, 10, "train")
