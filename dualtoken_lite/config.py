@@ -79,7 +79,7 @@ class ModelConfig:
     shortcut_weight: float = 0.6  # weight of the shortcut layer's projection (paper: 0.6)
     semantic_layer: int | None = 5  # 1-indexed block feeding the semantic codebook (paper: 26); None = no branch
     shared_quantizer: bool = False  # ablation: pixel and semantic share one layer and one quantizer
-    pixel_quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(depth=4, codebook_size=512))
+    pixel_quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(depth=8, codebook_size=512))
     semantic_quantizer: QuantizerConfig = field(
         default_factory=lambda: QuantizerConfig(depth=4, codebook_size=512)
     )
