@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.16.0
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -19,13 +19,18 @@
 # losses. Here the library's trainer puts them together: it trains the tiny DualToken from the tiny world's
 # teacher (whose tower is also the tokenizer's starting point), exactly like the README's main job
 #
-#     python -m dualtoken_lite.train --preset tiny        # 1200 steps x batch 32, about ten minutes on 2 CPU cores
+#     python -m dualtoken_lite.train --preset tiny        # 1200 steps x batch 32 (`make demo`)
 #
 # and we then open the result: reconstructions, how much of each codebook is used at each residual depth, what
 # each depth adds to the picture, and an explorer that swaps one code and shows what changes.
 #
-# MAIN_JOB_FIGURES: (the lead fills in the main job's measured held-out PSNR, SSIM, semantic accuracy vs the
-# teacher's, codebook utilisation, wall time and the command/machine here.)
+# What the main job gave (`make demo` on the project's 2-core CPU, 19 min 45 s wall for its first run, ~2 min of
+# which wrote the 32,768 training images; about 1.5-1.7 steps/s when nothing else ran): on 512 held-out images,
+# PSNR 21.0 dB, SSIM 0.832, teacher-head accuracy of the pooled embedding from the semantic codes 96.9 % against
+# the teacher's own 97.5 % on the same images; pixel codebook utilisation per depth 0.20, 0.78, 0.76, 0.55, 0.45,
+# 0.40, 0.34, 0.31 (K = 512). Two things to notice in its pictures: colour is mostly lost (shapes come back in
+# shades of grey, although a linear probe recovers colour from the teacher's block-2 features), and PSNR is
+# short of the 24 dB the project aims at; both are open problems of the tiny recipe, not of the method.
 #
 # Budget: under test (`DUALTOKEN_LITE_QUICK=1`) the run is a few dozen steps at batch 8 on a small shard, so the
 # pictures are blurry and only facts that hold at any stage of training are asserted. Without the switch this
@@ -203,7 +208,9 @@ plt.xticks([])
 plt.show()
 
 # %% [markdown]
-# The full-budget figures of this cell (error and PSNR per depth) are part of MAIN_JOB_FIGURES.
+# With the main job's model (`runs/demo/model`, 512 held-out images) decoding the first d depths gives
+# PSNR 19.54, 20.58, 20.84, 20.93, 20.96, 20.98, 20.99 and 21.00 dB for d = 1..8: the first code carries most
+# of what this small model has learned, and each later depth refines less.
 #
 # ## 5. An explorer: swap a code, watch the picture change
 #
