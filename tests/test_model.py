@@ -70,7 +70,7 @@ def test_shapes_and_codes_api(name):
         with pytest.raises(RuntimeError, match="semantic_layer=None"):
             model.embed(x)
         return
-    assert out.semantic_codes.shape == (2, 8, 8, cfg.semantic_quantizer.depth)
+    assert out.semantic_codes.shape == (2, 8, 8, model.semantic_quantizer.depth)  # shared: the pixel quantizer
     assert out.semantic_features.shape == (2, 64, 128) and out.pooled.shape == (2, 128)
     assert torch.equal(semantic_codes, out.semantic_codes)
     torch.testing.assert_close(model.embed(x), out.pooled, rtol=0, atol=0)
@@ -171,13 +171,14 @@ def test_bad_inputs_raise():
         model(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="3 RGB channels"):
         model.encode(torch.rand(1, 4, 64, 64))
-    codes = torch.zeros(1, 8, 8, 4, dtype=torch.long)
+    D = model.cfg.pixel_quantizer.depth
+    codes = torch.zeros(1, 8, 8, D, dtype=torch.long)
     with pytest.raises(ValueError, match=r"must lie in \[0, 512\), got values in \[512, 512\]"):
         model.decode(codes + 512)
     with pytest.raises(ValueError, match=r"values in \[-1, -1\]"):
         model.decode(codes - 1)
-    with pytest.raises(ValueError, match=r"pixel_codes must have shape \(B, 8, 8, 4\)"):
-        model.decode(torch.zeros(1, 8, 8, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=rf"pixel_codes must have shape \(B, 8, 8, {D}\)"):
+        model.decode(torch.zeros(1, 8, 8, D - 1, dtype=torch.long))
     with pytest.raises(ValueError, match="integer tensor"):
         model.decode(codes.float())
     with pytest.raises(ValueError, match=r"semantic_codes must have shape \(B, 8, 8, 4\)"):
