@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.16.0
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -235,7 +235,7 @@ model = DualToken(cfg).eval()
 with torch.no_grad():
     z = attn_projection_inline(model.pixel_proj, taps[2])
     torch.testing.assert_close(z, model.pixel_proj(taps[2]), atol=1e-5, rtol=1e-4)
-print("block 2", tuple(taps[2].shape), "-> pixel_proj ->", tuple(z.shape), "-> RVQ codes", (8, 8, 4))
+print("block 2", tuple(taps[2].shape), "-> pixel_proj ->", tuple(z.shape), "-> RVQ codes", (8, 8, cfg.pixel_quantizer.depth))
 with torch.device("meta"):
     paper_proj = AttnProjection(1152, 32, head_dim=32)
 n_paper = sum(p.numel() for p in paper_proj.parameters())

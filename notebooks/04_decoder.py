@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.16.0
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -22,7 +22,7 @@
 #
 # | stage | operation | tiny | so400m-384 |
 # |---|---|---|---|
-# | codes | integers | (B, 8, 8, 4) | (B, 27, 27, 8) |
+# | codes | integers | (B, 8, 8, 8) | (B, 27, 27, 8) |
 # | lookup | $q = \sum_{d} e_{k_d}$ | (B, 8, 8, 32) | (B, 27, 27, 32) |
 # | post-quant projection | causal `AttnProjection` d -> C | (B, 64, 128) | (B, 729, 1152) |
 # | resize | bilinear to the decoder grid | (B, 128, 8, 8) | (B, 1152, 24, 24) |
@@ -230,7 +230,7 @@ def mass_within(g: torch.Tensor, r: int) -> float:
 
 for name, g in grads.items():
     print(f"{name:26s}", "  ".join(f"r={r}: {mass_within(g, r):6.1%}" for r in (1, 2, 4, 8, 14)))
-assert mass_within(grads["3x3 convs only"], int(theory) + 1) == 1.0
+assert mass_within(grads["3x3 convs only"], int(theory) + 1) > 1 - 1e-6  # all of it (up to float sums)
 assert all(mass_within(g, int(theory) + 1) < 1.0 for n, g in grads.items() if n != "3x3 convs only")
 assert all(mass_within(g, 4) > 0.5 for g in grads.values())
 fig, axes = plt.subplots(1, 3, figsize=(12, 4))

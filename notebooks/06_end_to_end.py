@@ -119,11 +119,11 @@ assert 0 <= result["semantic_accuracy"] <= 1 and result["teacher_accuracy"] > 1 
 
 # %%
 model = DualToken.from_pretrained(WORK / "run" / "model").eval()
-D = model.cfg.pixel_quantizer.depth  # residual depth (4 for tiny; the paper's 8)
+D = model.cfg.pixel_quantizer.depth  # residual depth (8 for tiny's pixel codes, as in the paper)
 images, labels = make_batch(0, EVAL_IMAGES, "eval")
 x = to_tensor(images)  # (B, 3, 64, 64) in [-1, 1], the evaluation's images, in the same order
 with torch.no_grad():
-    pixel_codes, semantic_codes = model.encode(x)  # (B, 8, 8, 4) each
+    pixel_codes, semantic_codes = model.encode(x)  # (B, 8, 8, 8) pixel, (B, 8, 8, 4) semantic
     x_hat = model.decode(pixel_codes)  # (B, 3, 64, 64)
     out = model(x)
 print("pixel codes", tuple(pixel_codes.shape), "semantic codes", tuple(semantic_codes.shape))
