@@ -44,7 +44,7 @@ class TrainConfig:
     teacher: str = "shipped"  # distillation teacher: "shipped" (tiny world's, also the starting tower), "backbone"
     #                           (a frozen copy of the tower as built, e.g. pretrained SigLIP) or a teacher folder
     init_from: str | None = None  # start a new run from a model folder's weights (fresh optimizers): stage 1 -> 2
-    resume: str | None = None  # continue a run: its folder, or a checkpoints/step_* folder
+    resume: str | None = None  # continue a run: its folder, a checkpoints/step_* folder, or "auto" (= --out if any)
     seed: int = 0  # seeds python, numpy and torch on every rank (data order is derived from it too)
     deterministic: bool = False  # torch.use_deterministic_algorithms; with it, a resumed run equals an unbroken one
     device: str = "auto"  # "auto" (CUDA if available), "cpu" or "cuda"

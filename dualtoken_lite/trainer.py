@@ -69,11 +69,9 @@ def load_teacher_tower(cfg: TrainConfig, model: DualToken) -> tuple[nn.Module, n
     "backbone": a frozen copy of the tower as built (the pretrained SigLIP at paper scale);
     a folder: a teacher saved by `python -m dualtoken_lite.teacher --out FOLDER`.
     """
-    if cfg.teacher in ("shipped", None) or Path(str(cfg.teacher)).is_dir():
+    if cfg.teacher == "shipped" or (cfg.teacher and Path(cfg.teacher).is_dir()):
         from .teacher import load_teacher
 
-        if cfg.teacher is None:
-            raise ValueError("teacher=None: use 'shipped', 'backbone' or a teacher folder")
         trunk, head = load_teacher(None if cfg.teacher == "shipped" else cfg.teacher)
         model.encoder.trunk.load_state_dict(trunk.state_dict(), strict=True)
         return trunk, head
