@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.16.0
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -46,7 +46,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import webdataset as wds
 
 from dualtoken_lite.config import quick_mode
 from dualtoken_lite.images import make_grid_image
@@ -54,7 +53,7 @@ from dualtoken_lite.model import DualToken
 from dualtoken_lite.perceptual import LABEL_RANDOM, Perceptual, PerceptualWeightsMissing
 from dualtoken_lite.run_logging import read_metrics
 from dualtoken_lite.teacher import load_teacher
-from dualtoken_lite.tinyworld import encode_png, make_batch, make_sample, to_tensor
+from dualtoken_lite.tinyworld import make_batch, to_tensor, write_shards
 from dualtoken_lite.train import run
 from dualtoken_lite.train_config import parse_args
 
@@ -74,12 +73,8 @@ print(f"quick={QUICK}: {STEPS} steps x batch {BATCH} per run, GAN from step {GAN
 
 # %%
 def write_shard(path: Path, split: str, count: int) -> str:
-    """count tiny-world samples of a split as one WebDataset shard (png image + cls label)."""
-    with wds.TarWriter(str(path)) as sink:
-        for i in range(count):
-            image, meta = make_sample(i, split)
-            sink.write({"__key__": f"{split}-{i:06d}", "png": encode_png(image), "cls": str(meta["label"]).encode()})
-    return str(path)
+    """Samples 0..count-1 of a split as one plain WebDataset shard (png + cls), via the tiny world's writer."""
+    return write_shards(str(path.parent), split, count, shard_size=count)[0]  # -> {folder}/{split}-0000.tar
 
 
 TRAIN = write_shard(WORK / "train.tar", "train", TRAIN_IMAGES)

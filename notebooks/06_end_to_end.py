@@ -45,7 +45,6 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import webdataset as wds
 from IPython.display import clear_output, display
 
 from dualtoken_lite.config import quick_mode
@@ -54,7 +53,7 @@ from dualtoken_lite.metrics import CodeUsage, psnr
 from dualtoken_lite.model import DualToken
 from dualtoken_lite.run_logging import read_metrics
 from dualtoken_lite.teacher import load_teacher
-from dualtoken_lite.tinyworld import CLASSES, encode_png, make_batch, make_sample, to_tensor
+from dualtoken_lite.tinyworld import CLASSES, make_batch, to_tensor, write_shards
 from dualtoken_lite.train import run
 from dualtoken_lite.train_config import parse_args
 
@@ -68,12 +67,8 @@ EVAL_IMAGES = 64 if QUICK else 512
 
 
 def write_shard(path: Path, split: str, count: int) -> str:
-    """count tiny-world samples of a split as one WebDataset shard (png image + cls label)."""
-    with wds.TarWriter(str(path)) as sink:
-        for i in range(count):
-            image, meta = make_sample(i, split)
-            sink.write({"__key__": f"{split}-{i:06d}", "png": encode_png(image), "cls": str(meta["label"]).encode()})
-    return str(path)
+    """Samples 0..count-1 of a split as one plain WebDataset shard (png + cls), via the tiny world's writer."""
+    return write_shards(str(path.parent), split, count, shard_size=count)[0]  # -> {folder}/{split}-0000.tar
 
 
 EVAL = write_shard(WORK / "eval.tar", "eval", EVAL_IMAGES)
