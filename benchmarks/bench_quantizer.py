@@ -1,4 +1,4 @@
-"""Benchmark: one training-mode forward of the paper-shaped residual quantizer on a CPU (SPEC §2).
+"""Benchmark: one training-mode forward of the paper-shaped residual quantizer on a CPU (docs/method.md §2).
 
 Shape: K = 16,384 codes of dim 32, depth 8, one shared codebook, EMA + dead-code restart, a batch of
 4 images x 729 positions (N = 2,916 vectors). Rows, side by side:
@@ -62,7 +62,7 @@ def build(row: str, args) -> Callable:
     torch.manual_seed(0)
     z = torch.randn(args.images, args.positions, args.dim, requires_grad=True)  # (B, N, d) encoder output
     if row in ("ours", "ours+update"):
-        from dualtoken_lite.residual import ResidualQuantizer
+        from dualtoken_lite.quantizers.residual import ResidualQuantizer
 
         rq = ResidualQuantizer(args.dim, args.depth, args.codebook_size, shared_codebook=True).train()
 

@@ -18,9 +18,9 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from dualtoken_lite import distributed as dist_utils
-from dualtoken_lite.train_config import parse_args
-from dualtoken_lite.trainer import build_trainer
+from dualtoken_lite.training import distributed as dist_utils
+from dualtoken_lite.training.arguments import parse_args
+from dualtoken_lite.training.setup import build_trainer
 
 
 def instrument(model) -> None:

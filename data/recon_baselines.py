@@ -34,7 +34,10 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 def main() -> None:
     rows = collections.defaultdict(lambda: collections.defaultdict(list))
-    for image, meta in tw.read_shards(["data/tinyworld/eval-0000.tar.gz"]):
+    shard_images, _ = tw.load_split(tw.ensure_tinyworld(splits=("eval",))["eval"])  # the committed eval shard
+    for i, image in enumerate(shard_images):
+        drawn, meta = tw.make_sample(i, "eval")  # the shard holds sample i of the eval split; its metadata
+        assert np.array_equal(drawn, image), f"eval shard sample {i} differs from the generator's"
         for kind in (meta["background"], "all"):
             for factor, column in zip((2, 4, 8), COLUMNS):
                 rows[kind][column].append(psnr(image, resample(image, factor)))

@@ -1,3 +1,40 @@
-"""dualtoken_lite: a compact, educational reference implementation of DualToken (arXiv 2503.14324)."""
+"""dualtoken_lite: a compact, educational reference implementation of DualToken (arXiv 2503.14324).
+
+The package reads in the order the notebooks teach (docs/method.md describes the method it implements):
+
+    quantizers/   01-02  nearest code, EMA k-means codebook, straight-through; the residual quantizer
+    model/        03-04  the SigLIP-layout tower, pre/post-quant projections, conv decoder, DualToken, save/load
+    losses/       05     every loss term and its weights, LPIPS, the discriminator and its schedule, stages
+    training/     06     the loop, its steps, checkpoints and resume, optimizers, distributed, logs
+    evaluation/          metrics and the one evaluation loop (through the codes)
+    tools/               the command-line tools: evaluate, reconstruct, tokens, ablation
+    datasets/            images in, shards and folders, the resumable loader (plumbing)
+    tinyworld/           the small offline world: its image generator, shards and teacher
+
+The public API::
+
+    from dualtoken_lite import DualToken, model_preset
+    model = DualToken(model_preset("tiny")).eval()
+    pixel_codes, semantic_codes = model.encode(images)   # (B, 3, 64, 64) -> (B, 8, 8, 8), (B, 8, 8, 4)
+    x_hat = model.decode(pixel_codes)                    # (B, 3, 64, 64) in [-1, 1]
+"""
+
+from dualtoken_lite.losses.config import LossConfig
+from dualtoken_lite.model.config import BackboneConfig, ModelConfig
+from dualtoken_lite.model.dualtoken import DualToken, DualTokenOutput
+from dualtoken_lite.presets import PRESETS, loss_preset, model_preset, preset
+from dualtoken_lite.quantizers.codebook import Codebook
+from dualtoken_lite.quantizers.residual import QuantizerConfig, ResidualQuantizer, RVQOutput
+from dualtoken_lite.quantizers.vector import VectorQuantizer
+from dualtoken_lite.settings import ConfigError
+from dualtoken_lite.training.config import TrainConfig
 
 __version__ = "0.1.0"
+
+from_pretrained = DualToken.from_pretrained  # a save_pretrained folder -> a DualToken in eval mode
+
+__all__ = [
+    "PRESETS", "BackboneConfig", "Codebook", "ConfigError", "DualToken", "DualTokenOutput", "LossConfig",
+    "ModelConfig", "QuantizerConfig", "RVQOutput", "ResidualQuantizer", "TrainConfig", "VectorQuantizer",
+    "from_pretrained", "loss_preset", "model_preset", "preset",
+]

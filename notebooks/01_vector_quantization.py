@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.16.0
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -16,7 +16,7 @@
 # # 01 · Vector quantization: nearest codes, straight-through gradients, EMA codebooks
 #
 # DualToken turns an image into integers: every feature vector of a vision transformer is replaced by the
-# index of its nearest **code** in a learned codebook (SPEC §2). This notebook builds that piece by piece on
+# index of its nearest **code** in a learned codebook (docs/method.md §2). This notebook builds that piece by piece on
 # 2-D points you can see, then checks each piece against `dualtoken_lite`:
 #
 # 1. nearest-code lookup, and why it is chunked;
@@ -35,9 +35,9 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from dualtoken_lite.codebook import Codebook, nearest_code
-from dualtoken_lite.config import quick_mode
-from dualtoken_lite.quantizer import VectorQuantizer, commitment_loss, straight_through
+from dualtoken_lite.quantizers.codebook import Codebook, nearest_code
+from dualtoken_lite.quantizers.vector import VectorQuantizer, commitment_loss, straight_through
+from dualtoken_lite.settings import quick_mode
 
 torch.manual_seed(0)
 QUICK = quick_mode()  # DUALTOKEN_LITE_QUICK=1 shrinks the training loops below (used under test)
@@ -139,7 +139,7 @@ assert mismatch > 0.05 and torch.equal(straight_through(a, b), b)
 # $$\mathcal L_{\text{commit}} = \operatorname{mean}\left((z - \operatorname{sg}[q])^2\right), \qquad
 # \frac{\partial \mathcal L_{\text{commit}}}{\partial z} = \frac{2}{\text{numel}}\,(z - q).$$
 #
-# DualToken weighs it by 5 for each branch (SPEC §3); the library returns it unweighted.
+# DualToken weighs it by 5 for each branch (docs/method.md §3); the library returns it unweighted.
 
 # %%
 z.grad = None
@@ -162,7 +162,7 @@ print(f"commitment loss {loss.item():.4f}")
 # $\tilde N_k$ is Laplace smoothing ($\epsilon = 10^{-5}$): no division by zero, the total count is kept.
 # $n_k$ and $s_k$ come from `bincount` and `index_add`, never an N x K one-hot matrix. In the library a
 # forward pass only *accumulates* $n_k, s_k$; `update()` applies them once per optimizer step, so k
-# micro-batches update exactly like one k-times-larger batch (SPEC §7.2). Below, the inline version and the
+# micro-batches update exactly like one k-times-larger batch (docs/method.md §7.2). Below, the inline version and the
 # library's `Codebook` run side by side from the same start (full run, 300 steps, measured on a 2-core CPU:
 # the mean squared error falls from 0.58 to 0.35, in about a second).
 
@@ -217,7 +217,7 @@ plt.show()
 # - **perplexity** $\exp\left(-\sum_k p_k \log p_k\right)$ of the code histogram $p$: the number of codes
 #   "effectively" in use, K for a uniform histogram.
 #
-# The cure DualToken uses (SPEC §2): a code whose EMA count $N_k$ drops below 1 is **restarted** at a random
+# The cure DualToken uses (docs/method.md §2): a code whose EMA count $N_k$ drops below 1 is **restarted** at a random
 # vector of the current batch. From a start at (12, 12), 300 steps (measured on a 2-core CPU) leave 2 of 32
 # codes in use (utilisation 0.06) without restarts, and all 32 with them.
 

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.16.0
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -17,7 +17,7 @@
 #
 # One code per vector is coarse: K = 16,384 codes give 14 bits, far too few to describe a 32-dim feature well.
 # DualToken's two branches each use a **residual quantizer** (RQ-VAE, Lee et al. 2022) of depth D = 8 with
-# one codebook shared by all depths (SPEC §2). Depth d quantizes what depths 1..d-1 left over:
+# one codebook shared by all depths (docs/method.md §2). Depth d quantizes what depths 1..d-1 left over:
 #
 # $$r_1 = z, \qquad k_d = \arg\min_j \lVert r_d - e_j \rVert^2, \qquad q_d = e_{k_d}, \qquad
 # r_{d+1} = r_d - q_d, \qquad \hat z_d = \sum_{k \le d} q_k .$$
@@ -39,9 +39,9 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from dualtoken_lite.codebook import nearest_code
-from dualtoken_lite.config import quick_mode
-from dualtoken_lite.residual import ResidualQuantizer
+from dualtoken_lite import ResidualQuantizer
+from dualtoken_lite.quantizers.codebook import nearest_code
+from dualtoken_lite.settings import quick_mode
 
 torch.manual_seed(0)
 np.random.seed(0)
@@ -70,7 +70,7 @@ print(f"train patches {tuple(train.shape)}, held-out patches {tuple(test.shape)}
 # ## 1. The residual loop, inline
 #
 # Greedy: each depth takes the nearest code to the current residual (the lookup of notebook 01), and the
-# running sum $\hat z_d$ after each depth is kept, because the commitment loss uses all of them (SPEC §3).
+# running sum $\hat z_d$ after each depth is kept, because the commitment loss uses all of them (docs/method.md §3).
 # The library's forward pass is this loop; with the same codebooks it picks the same codes and returns
 # bit-identical partial sums.
 
@@ -102,7 +102,7 @@ print("codes per patch:", tuple(out.codes.shape[1:]), "-> bits per patch:", D * 
 # ## 2. Training the library's quantizer
 #
 # From here on the library does the work: forward passes accumulate EMA statistics, `update_codebook()`
-# applies them once per step (notebook 01), with each depth contributing its *own* residual (SPEC §7.1).
+# applies them once per step (notebook 01), with each depth contributing its *own* residual (docs/method.md §7.1).
 # Two quantizers, the same budget of K codes per depth:
 #
 # - **shared**: one codebook of K codes used at every depth (DualToken);

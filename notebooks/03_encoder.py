@@ -16,13 +16,13 @@
 # # 03 · The encoder: one vision transformer, two taps
 #
 # DualToken does not train an encoder from scratch. It takes a pretrained SigLIP vision transformer and reads it
-# at two depths (SPEC §1-2): a **shallow** block feeds the pixel codebook, a **deep** block feeds the semantic
+# at two depths (docs/method.md §1-2): a **shallow** block feeds the pixel codebook, a **deep** block feeds the semantic
 # codebook, and the quantized semantic features are put back into the tower in place of the deep block's
 # output, so that the tower's last blocks and pooling head still produce the embedding its text side expects.
 #
 # This notebook opens the tower up: the ViT as a stack of blocks, run one block at a time; what the hidden
 # state after each block still knows about the *pixels* and what it knows about the *class*, measured with
-# linear probes on the tiny world's teacher (the stand-in for SigLIP, SPEC §9); then the two branches and the
+# linear probes on the tiny world's teacher (the stand-in for SigLIP, docs/method.md §9); then the two branches and the
 # semantic re-entry.
 #
 # Notation: B batch, H x W token grid, N = H W, C width, d code dim, D residual depth, (h, w) pixels.
@@ -34,17 +34,15 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from dualtoken_lite import tinyworld
-from dualtoken_lite.backbone import VisionTower, tapped_forward
-from dualtoken_lite.config import model_preset, quick_mode
-from dualtoken_lite.model import DualToken
-from dualtoken_lite.projection import AttnProjection
-from dualtoken_lite.teacher import TEACHER_DIR, load_teacher
-from dualtoken_lite.tinyworld import CLASSES, ensure_tinyworld, load_split, make_batch, to_tensor
+from dualtoken_lite import DualToken, model_preset
+from dualtoken_lite.model.backbone import VisionTower, tapped_forward
+from dualtoken_lite.model.projection import AttnProjection
+from dualtoken_lite.settings import quick_mode
+from dualtoken_lite.tinyworld import CLASSES, TEACHER_DIR, ensure_tinyworld, load_split, make_batch, to_tensor
+from dualtoken_lite.tinyworld.teacher import load_teacher
 
 torch.manual_seed(0)
 QUICK = quick_mode()
-REPO = Path(tinyworld.__file__).resolve().parents[1]  # the repository root (data/ lives there)
 N_TRAIN = 1024 if QUICK else 4096  # probe training images (fresh generator samples of the train split)
 N_EVAL = 256 if QUICK else 1024  # held-out images (the committed eval shard)
 
@@ -59,7 +57,7 @@ N_EVAL = 256 if QUICK else 1024  # held-out images (the committed eval shard)
 trunk, head = load_teacher()  # frozen, eval mode
 cfg = model_preset("tiny")
 tower = VisionTower(cfg.backbone, trunk=trunk)
-eval_images, eval_labels = load_split(ensure_tinyworld(str(REPO / "data" / "tinyworld"), splits=("eval",))["eval"])
+eval_images, eval_labels = load_split(ensure_tinyworld(splits=("eval",))["eval"])
 x_eval, y_eval = to_tensor(eval_images[:N_EVAL]), torch.from_numpy(eval_labels[:N_EVAL])
 train_images, train_labels = make_batch(0, N_TRAIN, "train")
 x_train, y_train = to_tensor(train_images), torch.from_numpy(train_labels)
@@ -87,7 +85,7 @@ plt.show()
 # A final LayerNorm and a **MAP head** (attention pooling: one learned query attends over all N tokens, then an
 # MLP) turn the sequence into one embedding (B, C). SigLIP has no class token, so every token is a grid
 # position. Running the blocks one by one instead of all at once lets us keep the hidden state after any of
-# them; numbered from 1, as SPEC does.
+# them; numbered from 1, as docs/method.md does.
 
 # %%
 def run_tower_inline(trunk, images):
@@ -207,7 +205,7 @@ assert teacher_acc > 0.95
 
 # %% [markdown]
 # ## 4. The two branches: squeezing the width to a code
-# Each tap is squeezed from C to the code dim d by a pre-quant `AttnProjection` (SPEC §2):
+# Each tap is squeezed from C to the code dim d by a pre-quant `AttnProjection` (docs/method.md §2):
 #
 # $$y = W_{lin}\,\mathrm{LN}_a(x) + \mathrm{Attn}(\mathrm{LN}_b(x)), \qquad y \leftarrow y + \mathrm{GeGLU}(\mathrm{LN}_c(y)),$$
 #
@@ -241,7 +239,7 @@ with torch.device("meta"):
 n_paper = sum(p.numel() for p in paper_proj.parameters())
 print(f"at paper scale (1152 -> 32, 36 heads): {n_paper:,} parameters, of which the qkv matrix "
       f"{1152 * 3 * 1152:,}")
-assert n_paper == 4_032_608  # the released model's count (SPEC §2)
+assert n_paper == 4_032_608  # the released model's count (docs/method.md §2)
 
 # %% [markdown]
 # The second LayerNorm inside the GeGLU (after `norm_mlp`) is redundant as computation, but it is in the
@@ -250,7 +248,7 @@ assert n_paper == 4_032_608  # the released model's count (SPEC §2)
 # ## 5. The semantic re-entry
 # After block 5 the semantic branch quantizes its tap and widens the codes back to C with a causal post-quant
 # projection, and that **replaces** the hidden state: block 6, the final norm and the MAP head then run on it.
-# The pooled embedding is therefore a function of the semantic codes alone, and the frozen teacher (SPEC §3)
+# The pooled embedding is therefore a function of the semantic codes alone, and the frozen teacher (docs/method.md §3)
 # supplies the targets: its own block-5 state and its own pooled embedding. If the replacement were perfect,
 # the rest of the tower would see exactly what it saw before:
 

@@ -18,7 +18,7 @@
 # DualToken's pixel branch turns an image into a grid of codes, `(B, H, W, D)`: at each of the H x W token
 # positions, D indices into one shared codebook. This notebook follows those integers all the way back to an
 # image, printing the shape at every stage, then measures how far one output pixel "sees" into the latent grid,
-# and puts the paper-scale sizes beside the tiny ones (SPEC §2):
+# and puts the paper-scale sizes beside the tiny ones (docs/method.md §2):
 #
 # | stage | operation | tiny | so400m-384 |
 # |---|---|---|---|
@@ -40,9 +40,9 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from dualtoken_lite.config import model_preset
-from dualtoken_lite.decoder import AttnBlock, resize_to_latent_grid
-from dualtoken_lite.model import DualToken
+from dualtoken_lite.model.decoder import AttnBlock, resize_to_latent_grid
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.presets import model_preset
 
 torch.manual_seed(0)
 cfg = model_preset("tiny")
@@ -245,7 +245,7 @@ plt.show()
 # %% [markdown]
 # ## 7. The paper-scale decoder beside the tiny one
 # The meta device gives shapes and parameter counts without allocating memory, so the paper's
-# 168-million-parameter decoder costs nothing here. The counts match the released model's exactly (SPEC §2).
+# 168-million-parameter decoder costs nothing here. The counts match the released model's exactly (docs/method.md §2).
 
 # %%
 def n_params(m) -> int:

@@ -15,7 +15,7 @@
 # %% [markdown]
 # # 05 · The losses, one term at a time
 #
-# DualToken trains its tokenizer with one objective made of five terms (SPEC §3), with $x, \hat x \in [-1, 1]$
+# DualToken trains its tokenizer with one objective made of five terms (docs/method.md §3), with $x, \hat x \in [-1, 1]$
 # and $T$ the frozen teacher:
 #
 # $$
@@ -47,38 +47,34 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dualtoken_lite.config import quick_mode
-from dualtoken_lite.images import make_grid_image
-from dualtoken_lite.model import DualToken
-from dualtoken_lite.perceptual import LABEL_RANDOM, Perceptual, PerceptualWeightsMissing
-from dualtoken_lite.run_logging import read_metrics
-from dualtoken_lite.teacher import load_teacher
-from dualtoken_lite.tinyworld import make_batch, to_tensor, write_shards
-from dualtoken_lite.train import run
-from dualtoken_lite.train_config import parse_args
+from dualtoken_lite.datasets.images import make_grid_image
+from dualtoken_lite.losses.perceptual import LABEL_RANDOM, Perceptual, PerceptualWeightsMissing
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.settings import quick_mode
+from dualtoken_lite.tinyworld.generator import make_batch, to_tensor
+from dualtoken_lite.tinyworld.shards import write_split_shard
+from dualtoken_lite.tinyworld.teacher import load_teacher
+from dualtoken_lite.training.arguments import parse_args
+from dualtoken_lite.training.logs import read_metrics
+from dualtoken_lite.training.loop import run
 
 random.seed(0)
 np.random.seed(0)
 torch.manual_seed(0)
 QUICK = quick_mode()  # DUALTOKEN_LITE_QUICK=1 shrinks every run below (used under test)
 STEPS, BATCH, TRAIN_IMAGES, EVAL_IMAGES = (24, 8, 256, 64) if QUICK else (240, 16, 4096, 512)
-GAN_START = STEPS // 3  # the discriminator switches on here (the release starts it partway, SPEC §3)
+GAN_START = STEPS // 3  # the discriminator switches on here (the release starts it partway, docs/method.md §3)
 TEACHER = "shipped"  # the tiny world's trained teacher (data/teacher), also the tower's starting point
 WORK = Path(tempfile.mkdtemp(prefix="dtl05_"))
 print(f"quick={QUICK}: {STEPS} steps x batch {BATCH} per run, GAN from step {GAN_START}; runs under {WORK}")
 
 # %% [markdown]
 # The data: tiny-world training images and held-out images, written as plain WebDataset shards (the loader reads
-# `png` + `cls` entries, SPEC §5).
+# `png` + `cls` entries, docs/method.md §5).
 
 # %%
-def write_shard(path: Path, split: str, count: int) -> str:
-    """Samples 0..count-1 of a split as one plain WebDataset shard (png + cls), via the tiny world's writer."""
-    return write_shards(str(path.parent), split, count, shard_size=count)[0]  # -> {folder}/{split}-0000.tar
-
-
-TRAIN = write_shard(WORK / "train.tar", "train", TRAIN_IMAGES)
-EVAL = write_shard(WORK / "eval.tar", "eval", EVAL_IMAGES)
+TRAIN = write_split_shard(WORK / "train", "train", TRAIN_IMAGES)
+EVAL = write_split_shard(WORK / "eval", "eval", EVAL_IMAGES)
 x_eval = to_tensor(make_batch(0, EVAL_IMAGES, "eval")[0])  # (B, 3, 64, 64) in [-1, 1], the same held-out images
 labels_eval = torch.as_tensor(make_batch(0, EVAL_IMAGES, "eval")[1])
 assert x_eval.shape == (EVAL_IMAGES, 3, 64, 64) and -1 <= x_eval.min() and x_eval.max() <= 1
@@ -168,7 +164,7 @@ assert noise[0] < 1e-6 < noise[1] < noise[2]
 # %% [markdown]
 # ## 3. The adversarial term and its adaptive weight
 #
-# From step `GAN_START` on, a patch discriminator $D$ (SPEC §3) learns to tell $x$ from $\hat x$ with a leaky
+# From step `GAN_START` on, a patch discriminator $D$ (docs/method.md §3) learns to tell $x$ from $\hat x$ with a leaky
 # hinge loss, and the tokenizer gets $0.75\,g_w\,(-\overline{D(\hat x)})$. The weight $g_w$ is VQGAN's balance,
 # taken at the decoder's last convolution weight $W$:
 #
@@ -225,7 +221,7 @@ if not QUICK:  # the full-budget claims above
 # teacher's: $5\,[\mathrm{MSE}(h, T.h) - \cos(h, T.h)] + [\mathrm{MSE}(p, T.p) - \cos(p, T.p)]$, times
 # $s$ = `sem_weight`. What it preserves is measured twice on held-out images: the cosine between the
 # tokenizer's pooled embedding (computed from its **codes**) and the teacher's, and the accuracy of the
-# teacher's class head on it (the tiny world's stand-in for zero-shot accuracy, SPEC §6). The control run sets
+# teacher's class head on it (the tiny world's stand-in for zero-shot accuracy, docs/method.md §6). The control run sets
 # `--loss.sem_weight 0`: same model, same steps, no distillation.
 
 # %%
@@ -252,7 +248,7 @@ if not QUICK:  # the full-budget claims below
 # of block 5, and nothing asks them to stay meaningful. Reconstruction changes by less than a decibel (PSNR
 # 19.17 without the term vs 18.40 dB with it, one seed): the semantic gradient also reaches blocks 1-2,
 # which the pixel branch reads, so even split branches pull a little on the shared early blocks; but the two
-# codebooks read different layers, and that keeps the fight small, which is DualToken's point (SPEC §1; the
+# codebooks read different layers, and that keeps the fight small, which is DualToken's point (docs/method.md §1; the
 # ablation, `python -m dualtoken_lite.ablation`, measures what sharing one layer costs).
 
 # %%

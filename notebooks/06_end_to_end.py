@@ -47,15 +47,16 @@ import numpy as np
 import torch
 from IPython.display import clear_output, display
 
-from dualtoken_lite.config import quick_mode
-from dualtoken_lite.images import make_grid_image
-from dualtoken_lite.metrics import CodeUsage, psnr
-from dualtoken_lite.model import DualToken
-from dualtoken_lite.run_logging import read_metrics
-from dualtoken_lite.teacher import load_teacher
-from dualtoken_lite.tinyworld import CLASSES, make_batch, to_tensor, write_shards
-from dualtoken_lite.train import run
-from dualtoken_lite.train_config import parse_args
+from dualtoken_lite.datasets.images import make_grid_image
+from dualtoken_lite.evaluation.metrics import CodeUsage, psnr
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.settings import quick_mode
+from dualtoken_lite.tinyworld.generator import CLASSES, make_batch, to_tensor
+from dualtoken_lite.tinyworld.shards import write_split_shard
+from dualtoken_lite.tinyworld.teacher import load_teacher
+from dualtoken_lite.training.arguments import parse_args
+from dualtoken_lite.training.logs import read_metrics
+from dualtoken_lite.training.loop import run
 
 random.seed(0)
 np.random.seed(0)
@@ -66,14 +67,9 @@ WORK = Path(tempfile.mkdtemp(prefix="dtl06_"))
 EVAL_IMAGES = 64 if QUICK else 512
 
 
-def write_shard(path: Path, split: str, count: int) -> str:
-    """Samples 0..count-1 of a split as one plain WebDataset shard (png + cls), via the tiny world's writer."""
-    return write_shards(str(path.parent), split, count, shard_size=count)[0]  # -> {folder}/{split}-0000.tar
-
-
-EVAL = write_shard(WORK / "eval.tar", "eval", EVAL_IMAGES)
+EVAL = write_split_shard(WORK / "eval", "eval", EVAL_IMAGES)
 if QUICK:  # a small shard, a short run
-    budget = ["--train-data", write_shard(WORK / "train.tar", "train", 256), "--max_steps", "30",
+    budget = ["--train-data", write_split_shard(WORK / "train", "train", 256), "--max_steps", "30",
               "--batch_size", "8", "--warmup_steps", "3", "--log_every", "2"]
 else:  # the main job: the trainer's defaults for --preset tiny (the tiny world's 32k training images)
     budget = []
@@ -88,7 +84,7 @@ print("python -m dualtoken_lite.train " + " ".join(args))
 # semantic loss, and trains with 5 MSE + commitment + semantic distillation (notebook 05). Its summary holds the
 # held-out evaluation: PSNR and SSIM (RGB in [0, 1], data range 1), codebook use, and the **semantic accuracy**:
 # the teacher's class head applied to the pooled embedding computed from the *quantized* semantic path, beside
-# the teacher's own accuracy on the same images (the tiny world's stand-in for zero-shot, SPEC §6).
+# the teacher's own accuracy on the same images (the tiny world's stand-in for zero-shot, docs/method.md §6).
 
 # %%
 summary = run(parse_args(args))
@@ -134,7 +130,7 @@ plt.show()
 # %% [markdown]
 # ## 3. Codebook utilisation per depth
 #
-# Each branch has one codebook of K codes shared by its D depths (SPEC §2). Utilisation at depth d is the
+# Each branch has one codebook of K codes shared by its D depths (docs/method.md §2). Utilisation at depth d is the
 # fraction of the K codes that occur at depth d over the held-out set; perplexity $\exp(H)$ of the code
 # histogram says how evenly they are used (K when uniform, 1 when one code takes everything). We count the
 # codes inline, check the count against the library's `CodeUsage` and the trainer's summary, and plot both

@@ -9,9 +9,11 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from dualtoken_lite.config import QuantizerConfig, model_preset
-from dualtoken_lite.model import DualToken
-from dualtoken_lite.tinyworld import encode_png, make_batch
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.presets import model_preset
+from dualtoken_lite.quantizers.residual import QuantizerConfig
+from dualtoken_lite.tinyworld.generator import make_batch
+from dualtoken_lite.tinyworld.shards import encode_png
 
 
 def small_model(kind: str = "dual", seed: int = 0) -> DualToken:

@@ -1,4 +1,4 @@
-"""Vision tower (SPEC §2): tapping path = the tower's own forward, weight loading routes, teacher targets."""
+"""Vision tower (docs/method.md §2): tapping path = the tower's own forward, weight loading routes, teacher targets."""
 
 import dataclasses
 import json
@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from dualtoken_lite.backbone import (
+from dualtoken_lite.model.backbone import (
     VisionTower,
     build_tiny_trunk,
     build_trunk,
@@ -18,8 +18,10 @@ from dualtoken_lite.backbone import (
     tapped_forward,
     teacher_targets,
 )
-from dualtoken_lite.config import BackboneConfig, ConfigError, model_preset
-from dualtoken_lite.model import DualToken
+from dualtoken_lite.model.config import BackboneConfig
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.presets import model_preset
+from dualtoken_lite.settings import ConfigError
 
 SMALL_ARCH = "dualtoken-test-siglip-small"  # a small SigLIP-layout open_clip model registered for these tests
 SMALL = BackboneConfig(arch=SMALL_ARCH, image_size=32, patch_size=8, width=64, layers=3, heads=2, mlp_ratio=2.0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dualtoken_lite.codebook import Codebook, draw_restart_vectors, laplace_smoothing, nearest_code
+from dualtoken_lite.quantizers.codebook import Codebook, draw_restart_vectors, laplace_smoothing, nearest_code
 
 
 def brute_force_distances(x, embed, cosine=False):

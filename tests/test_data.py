@@ -11,7 +11,7 @@ import webdataset as wds
 from PIL import Image
 from test_images import bomb_png  # a tiny PNG whose header claims 30000 x 30000 pixels
 
-from dualtoken_lite.data import SkipCounter, build_loader
+from dualtoken_lite.datasets.loader import SkipCounter, build_loader
 
 SIZE = 8  # image side in pixels, both stored and delivered
 FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}

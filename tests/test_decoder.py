@@ -1,9 +1,9 @@
-"""Decoder path (SPEC §2): shapes, exact paper-scale parameter counts, resize, global receptive field."""
+"""Decoder path (docs/method.md §2): shapes, exact paper-scale parameter counts, resize, global receptive field."""
 
 import pytest
 import torch
 
-from dualtoken_lite.decoder import ConvDecoder, PostQuantResBlock, group_norm, resize_to_latent_grid
+from dualtoken_lite.model.decoder import ConvDecoder, PostQuantResBlock, group_norm, resize_to_latent_grid
 
 
 def n_params(m: torch.nn.Module) -> int:

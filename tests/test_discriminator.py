@@ -4,16 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dualtoken_lite.discriminator import (
-    DiscResBlock,
-    PatchDiscriminator,
-    build_discriminator,
-    count_parameters,
-)
+from dualtoken_lite.losses.gan import DiscResBlock, PatchDiscriminator, build_discriminator
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def test_paper_discriminator_has_the_released_parameter_count():
-    assert count_parameters(build_discriminator()) == 1_729_409  # SPEC §2 fidelity check
+    assert count_parameters(build_discriminator()) == 1_729_409  # docs/method.md §2 fidelity check
 
 
 def test_paper_discriminator_gives_a_48x48_logit_map_at_384px():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dualtoken_lite.images import (
+from dualtoken_lite.datasets.images import (
     BadImageError,
     EvalTransform,
     TrainTransform,

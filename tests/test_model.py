@@ -1,4 +1,4 @@
-"""DualToken on the tiny preset: shapes, codes API, checkpoints, errors, gradient flow, ablations (SPEC §2-3)."""
+"""DualToken on the tiny preset: shapes, codes API, checkpoints, errors, gradient flow, ablations (docs/method.md §2-3)."""
 
 import copy
 import json
@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dualtoken_lite.backbone import teacher_targets
-from dualtoken_lite.checkpoint import CheckpointError
-from dualtoken_lite.config import ConfigError, model_preset
-from dualtoken_lite.model import DualToken
+from dualtoken_lite.model.backbone import teacher_targets
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.model.pretrained import CheckpointError
+from dualtoken_lite.presets import model_preset
+from dualtoken_lite.settings import ConfigError
 
 
 def variant(name: str):

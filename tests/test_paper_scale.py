@@ -1,4 +1,4 @@
-"""The paper-scale presets, randomly initialised: exact SPEC §2 parameter counts and one forward at batch 1.
+"""The paper-scale presets, randomly initialised: exact docs/method.md §2 parameter counts and one forward at batch 1.
 
 Each preset is built once for this file (~5-12 s, ~4 GB); nothing is trained. Keep pytest single-process.
 """
@@ -6,10 +6,10 @@ Each preset is built once for this file (~5-12 s, ~4 GB); nothing is trained. Ke
 import pytest
 import torch
 
-from dualtoken_lite.config import model_preset
-from dualtoken_lite.model import DualToken
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.presets import model_preset
 
-# SPEC §2, released model with code dim 32. The 256 px tower differs only in its patch and position embeddings.
+# docs/method.md §2, released model with code dim 32. The 256 px tower differs only in its patch and position embeddings.
 COUNTS = {
     "pixel_proj": 4_032_608,
     "shortcut_proj": 4_032_608,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualtoken_lite import perceptual as P
+from dualtoken_lite.losses import perceptual as P
 
 
 @pytest.fixture(autouse=True)
@@ -113,8 +113,8 @@ def test_shape_mismatch_is_explained(random_lpips):
 
 
 def test_the_loss_config_decides_whether_lpips_is_built():
-    from dualtoken_lite.losses import loss_preset
+    from dualtoken_lite.presets import loss_preset
 
     assert P.build_perceptual(loss_preset("tiny")) is None  # no perceptual term: no VGG at all
     with pytest.raises(P.PerceptualWeightsMissing):
-        P.build_perceptual(loss_preset("paper"))  # asks for the real metric: refuses without weights
+        P.build_perceptual(loss_preset("so400m-384"))  # asks for the real metric: refuses without weights

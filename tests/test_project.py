@@ -49,3 +49,55 @@ def test_ci_runs_the_test_command_that_readme_gives():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and re.search(r"^make test$", ci, re.M)
+
+
+def test_readme_public_api_snippet_runs():
+    """The README's API example is code that works: its python block runs and its shape assertions hold."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("The public API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_package_has_no_import_cycles():
+    """No module of the package imports (at any depth) a module that imports it back."""
+    import ast
+
+    package = ROOT / "dualtoken_lite"
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in package.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dualtoken_lite"):
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules)
+        graph[name] = {d for d in deps if d in modules and d != name and not name.startswith(d + ".")
+                       and not (d == "dualtoken_lite")}
+    state = {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for dep in graph[node]:
+            if state.get(dep) == "open":
+                raise AssertionError(f"import cycle: {' -> '.join(stack[stack.index(dep):] + [dep])}")
+            if dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = "done"
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_no_pointer_leads_outside_the_repository():
+    """Code, notebooks and READMEs cite docs/method.md, never the SPEC notes that live outside the repository."""
+    method = (ROOT / "docs" / "method.md").read_text()
+    sections = set(re.findall(r"^##+ (§[\d.]+)", method, re.M))
+    for path in [*ROOT.glob("dualtoken_lite/**/*.py"), *ROOT.glob("notebooks/*.py"), ROOT / "README.md",
+                 ROOT / "data" / "README.md"]:
+        text = path.read_text()
+        assert "SPEC" not in text, f"{path} cites SPEC; cite docs/method.md instead"
+        for cited in re.findall(r"docs/method\.md (§\d+(?:\.\d+)?)", text):
+            assert cited in sections, f"{path} cites {cited}, which docs/method.md does not have"

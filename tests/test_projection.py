@@ -1,9 +1,9 @@
-"""AttnProjection (SPEC §2): shapes, head averaging vs concatenation, causality, exact parameter counts."""
+"""AttnProjection (docs/method.md §2): shapes, head averaging vs concatenation, causality, exact parameter counts."""
 
 import pytest
 import torch
 
-from dualtoken_lite.projection import AttnProjection, ProjectionAttention
+from dualtoken_lite.model.projection import AttnProjection, ProjectionAttention
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -18,7 +18,7 @@ def test_shapes(in_dim, out_dim, causal):
 
 @pytest.mark.parametrize("in_dim,out_dim,expected", [(1152, 32, 4_032_608), (32, 1152, 9_452_288)])
 def test_paper_parameter_counts(in_dim, out_dim, expected):
-    """SPEC §2: the released model's pre-quant and post-quant projection sizes, to the parameter."""
+    """docs/method.md §2: the released model's pre-quant and post-quant projection sizes, to the parameter."""
     assert n_params(AttnProjection(in_dim, out_dim, head_dim=32, causal=in_dim < out_dim)) == expected
 
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dualtoken_lite.quantizer import VectorQuantizer, straight_through, usage_stats
-from dualtoken_lite.residual import ResidualQuantizer
+from dualtoken_lite.quantizers.residual import ResidualQuantizer
+from dualtoken_lite.quantizers.vector import VectorQuantizer, straight_through, usage_stats
 
 
 def test_straight_through_forward_is_exactly_q_and_gradient_is_identity():

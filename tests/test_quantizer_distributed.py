@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dualtoken_lite.residual import ResidualQuantizer
+from dualtoken_lite.quantizers.residual import ResidualQuantizer
 
 WORLD = 2
 STEPS = 4

@@ -11,10 +11,10 @@ import torch
 from cli_helpers import saved_model, tiny_images
 from PIL import Image
 
-from dualtoken_lite.checkpoint import CheckpointError
-from dualtoken_lite.cli import resolve_checkpoint
-from dualtoken_lite.images import load_image, preprocess, to_pil
-from dualtoken_lite.reconstruct import code_colours, code_map_image, main
+from dualtoken_lite.datasets.images import load_image, preprocess, to_pil
+from dualtoken_lite.model.pretrained import CheckpointError
+from dualtoken_lite.tools.common import resolve_checkpoint
+from dualtoken_lite.tools.reconstruct import code_colours, code_map_image, main
 
 
 def odd_inputs(root):

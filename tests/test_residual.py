@@ -5,8 +5,7 @@ import copy
 import pytest
 import torch
 
-from dualtoken_lite.config import QuantizerConfig
-from dualtoken_lite.residual import ResidualQuantizer, RVQOutput
+from dualtoken_lite.quantizers.residual import QuantizerConfig, ResidualQuantizer, RVQOutput
 
 OPTIONS = [
     {"shared_codebook": True},

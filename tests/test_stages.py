@@ -1,14 +1,16 @@
 """Training stages on the real tiny model: exactly the declared parameters freeze, and one full training step
 (loss, backward, optimizer, codebook update) runs in every stage, stage 2 included."""
 
+import copy
+
 import pytest
 import torch
 
-from dualtoken_lite import losses as L
-from dualtoken_lite.config import model_preset
-from dualtoken_lite.discriminator import PatchDiscriminator
-from dualtoken_lite.model import DualToken
-from dualtoken_lite.stages import STAGES, apply_stage, frozen_block_count, get_stage, stage_train_mode
+from dualtoken_lite.losses import terms as L
+from dualtoken_lite.losses.gan import PatchDiscriminator
+from dualtoken_lite.losses.stages import STAGES, apply_stage, frozen_block_count, get_stage, stage_train_mode
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.presets import loss_preset, model_preset
 
 PIXEL_PARTS = ("pixel_proj.", "shortcut_proj.", "pixel_post_proj.", "post_quant_block.", "decoder.", "pixel_quantizer.")
 
@@ -21,7 +23,7 @@ def tiny_config(variant: str):
 
 
 def expected_frozen(name: str, stage: int, cfg) -> bool:
-    """The stage table of SPEC §3, written out independently of stages.py."""
+    """The stage table of docs/method.md §3, written out independently of stages.py."""
     embedding = name.startswith(("encoder.trunk.patch_embed.", "encoder.trunk.pos_embed"))
     block = int(name.split(".")[3]) + 1 if name.startswith("encoder.trunk.blocks.") else None  # 1-indexed
     if stage == 0:
@@ -72,9 +74,9 @@ def test_stage_terms_and_bad_stage():
 def test_one_training_step_runs_in_every_stage(stage):
     torch.manual_seed(0)
     model = DualToken(tiny_config("deep-shortcut"))
-    teacher = L.make_teacher(model.encoder)
+    teacher = copy.deepcopy(model.encoder).eval().requires_grad_(False)
     disc = PatchDiscriminator(base_channels=32)
-    cfg = L.loss_preset("tiny")
+    cfg = loss_preset("tiny")
     apply_stage(model, stage)
     stage_train_mode(model, stage)
     assert model.pixel_quantizer.training == (stage != 2)  # stage 2's pixel codebook must not move

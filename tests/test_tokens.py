@@ -9,15 +9,9 @@ import torch
 from cli_helpers import saved_model, shard, small_model, tiny_images
 from PIL import Image
 
-from dualtoken_lite.images import preprocess, to_pil
-from dualtoken_lite.tokens import (
-    TokenLayout,
-    decode_codes,
-    from_lm_sequence,
-    load_codes,
-    main,
-    to_lm_sequence,
-)
+from dualtoken_lite.datasets.images import preprocess, to_pil
+from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence, to_lm_sequence
+from dualtoken_lite.tools.tokens import decode_codes, load_codes, main
 
 
 def random_codes(layout: TokenLayout, batch: int = 3, seed: int = 0):

@@ -14,12 +14,13 @@ import torch
 import webdataset as wds
 from safetensors.torch import load_file
 
-from dualtoken_lite import distributed as dist_utils
-from dualtoken_lite.config import ConfigError
-from dualtoken_lite.tinyworld import encode_png, make_sample
-from dualtoken_lite.train import run
-from dualtoken_lite.train_config import parse_args
-from dualtoken_lite.trainer import build_trainer
+from dualtoken_lite.settings import ConfigError
+from dualtoken_lite.tinyworld.generator import make_sample
+from dualtoken_lite.tinyworld.shards import encode_png
+from dualtoken_lite.training import distributed as dist_utils
+from dualtoken_lite.training.arguments import parse_args
+from dualtoken_lite.training.loop import run
+from dualtoken_lite.training.setup import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small, fast run: tiny preset, small codebooks, its own tower as teacher, one thread.
@@ -48,12 +49,11 @@ def _args(shards, out, *extra) -> list[str]:
 
 
 def _cli(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
+    """The trainer's command line in a subprocess; ``fault`` goes through tests/train_with_fault.py's hooks."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    env.pop("DUALTOKEN_LITE_FAULT", None)
-    if fault:
-        env["DUALTOKEN_LITE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "dualtoken_lite.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    entry = [str(Path(__file__).with_name("train_with_fault.py")), fault] if fault else ["-m", "dualtoken_lite.train"]
+    return subprocess.run([sys.executable, *entry, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -160,7 +160,7 @@ def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(shards, tmp_path
     assert "non-finite loss at step 3" in result.stderr
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000002"
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_00000002"]
-    from dualtoken_lite.model import DualToken
+    from dualtoken_lite.model.dualtoken import DualToken
 
     DualToken.from_pretrained(tmp_path / "checkpoints" / "step_00000002")  # loads strictly
 
@@ -174,3 +174,18 @@ def test_two_processes_train_in_step(shards, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] == 3 and summary["world_size"] == 2
     assert summary["ranks_identical"] is True  # every parameter and codebook buffer equal on both ranks
+
+
+def test_config_json_written_before_the_typed_loss_still_loads(tmp_path):
+    """Run folders from before LossConfig was typed stored only the loss overrides: they load onto the preset."""
+    from dualtoken_lite.presets import loss_preset
+    from dualtoken_lite.training.arguments import load_run_config
+
+    cfg = parse_args(["--out", str(tmp_path), "--max_steps", "7"])
+    old = {**json.loads(json.dumps(__import__("dataclasses").asdict(cfg))), "loss": {"sem_weight": 2}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded = load_run_config(tmp_path)
+    assert loaded.max_steps == 7 and loaded.loss == loss_preset("tiny", {"sem_weight": 2.0})
+    assert isinstance(loaded.loss.sem_weight, float)
+    new = parse_args(["--out", str(tmp_path), "--loss.sem_weight", "2", "--max_steps", "7"])
+    assert loaded == new  # the same run, whichever format wrote it

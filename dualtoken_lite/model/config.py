@@ -1,0 +1,126 @@
+"""The tokenizer's configuration: the backbone, the two branches, the decoder (plain dataclasses).
+
+Every knob of the model lives here, with a comment saying what it means and what the paper uses
+(docs/method.md §2). A config is validated by ``validate()`` before any weights are built or any data is read.
+The field defaults are the ``tiny`` preset; every named preset (``tiny``, ``so400m-384``, ``so400m-256``) is in
+``dualtoken_lite.presets``.
+
+Notation used for shapes everywhere in the project:
+    B batch, H x W token grid, N = H * W tokens, C backbone width, d code dim, D residual depth,
+    K codebook size, (h, w) image height and width in pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dualtoken_lite.quantizers.residual import QuantizerConfig, validate_quantizer
+from dualtoken_lite.settings import ConfigError
+
+
+@dataclass
+class BackboneConfig:
+    """The SigLIP-style vision tower (a timm ``VisionTransformer`` trunk: no class token, MAP pooling head)."""
+
+    arch: str = "tiny"  # "tiny" (built from the fields below) or an open_clip model name, e.g. "ViT-SO400M-14-SigLIP-384"
+    pretrained: str | None = None  # None = random init; an open_clip tag ("webli"); or a local weights file/folder
+    image_size: int = 64  # input resolution in pixels (square)
+    patch_size: int = 8  # ViT patch size; the token grid is image_size // patch_size on each side
+    width: int = 128  # C, the transformer width
+    layers: int = 6  # number of transformer blocks
+    heads: int = 4  # attention heads per block
+    mlp_ratio: float = 4.0  # MLP hidden size = mlp_ratio * width
+    grad_checkpointing: bool = False  # recompute encoder blocks in backward (saves memory at paper scale)
+
+    @property
+    def grid(self) -> int:
+        """Tokens per side of the grid: 27 for so400m-384, 8 for tiny."""
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class ModelConfig:
+    """The DualToken tokenizer: one backbone, a pixel branch and a semantic branch (docs/method.md §2)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pixel_layer: int = 2  # 1-indexed block whose output feeds the pixel codebook (paper: 6)
+    shortcut_layer: int | None = 1  # 1-indexed block added to the pixel input with shortcut_weight (paper: 4)
+    shortcut_weight: float = 0.6  # weight of the shortcut layer's projection (paper: 0.6)
+    semantic_layer: int | None = 5  # 1-indexed block feeding the semantic codebook (paper: 26); None = no branch
+    shared_quantizer: bool = False  # ablation: pixel and semantic share one layer and one quantizer
+    pixel_quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(depth=8, codebook_size=512))
+    semantic_quantizer: QuantizerConfig = field(
+        default_factory=lambda: QuantizerConfig(depth=4, codebook_size=512)
+    )
+    proj_head_dim: int = 32  # head size inside the pre/post-quant AttnProjections (paper: 32 -> 36 heads)
+    decoder_latent_grid: int = 8  # the decoder's input grid after the bilinear resize (paper: 24)
+    decoder_channels: int = 32  # base channels of the conv decoder (paper: 128); tiny keeps 64 px levels thin
+    decoder_channel_mult: tuple[int, ...] = (4, 2, 1, 1)  # per level, lowest resolution first (paper: 8,4,4,1,1)
+    decoder_res_blocks: int = 1  # ResBlocks per level = decoder_res_blocks + 1 (paper: 2 -> 3)
+    decoder_in_channels: int = 128  # channels after the post-quant ResNet block (paper: 1024)
+
+
+def validate(cfg: ModelConfig) -> ModelConfig:
+    """Check a model config before anything is built; raise ConfigError naming the value and the fix."""
+    b = cfg.backbone
+    # SigLIP So400m/14 at 384 px is the one published exception: its stride-14 patch conv floors 384/14 to 27.
+    if b.image_size % b.patch_size and b.arch == "tiny":
+        raise ConfigError(
+            f"backbone.image_size={b.image_size} is not divisible by backbone.patch_size={b.patch_size}; "
+            f"use e.g. image_size={b.grid * b.patch_size}"
+        )
+    if b.width % b.heads:
+        raise ConfigError(f"backbone.width={b.width} is not divisible by backbone.heads={b.heads}")
+    taps = {"pixel_layer": cfg.pixel_layer, "shortcut_layer": cfg.shortcut_layer}
+    taps["semantic_layer"] = cfg.semantic_layer
+    for name, layer in taps.items():
+        if layer is not None and not 1 <= layer <= b.layers:
+            raise ConfigError(
+                f"{name}={layer} is outside the backbone's blocks 1..{b.layers} (layers are 1-indexed)"
+            )
+    if cfg.shortcut_layer is not None and cfg.shortcut_layer >= cfg.pixel_layer:
+        raise ConfigError(
+            f"shortcut_layer={cfg.shortcut_layer} must come before pixel_layer={cfg.pixel_layer}"
+        )
+    if cfg.shared_quantizer and cfg.semantic_layer is not None and cfg.semantic_layer != cfg.pixel_layer:
+        raise ConfigError(
+            f"shared_quantizer=True needs pixel_layer == semantic_layer, got {cfg.pixel_layer} and "
+            f"{cfg.semantic_layer}"
+        )
+    if cfg.shared_quantizer and cfg.semantic_layer is None:
+        raise ConfigError("shared_quantizer=True needs a semantic branch; set semantic_layer = pixel_layer")
+    if cfg.semantic_layer is not None and cfg.semantic_layer < cfg.pixel_layer:
+        raise ConfigError(
+            f"semantic_layer={cfg.semantic_layer} comes before pixel_layer={cfg.pixel_layer}: the semantic "
+            "re-entry would feed quantized features to the pixel tap; tap the semantic layer deeper"
+        )
+    validate_quantizer(cfg.pixel_quantizer, "pixel_quantizer")
+    if cfg.semantic_layer is not None:
+        validate_quantizer(cfg.semantic_quantizer, "semantic_quantizer")
+    for name, q in (("pixel_quantizer", cfg.pixel_quantizer), ("semantic_quantizer", cfg.semantic_quantizer)):
+        if q.code_dim > b.width and (name == "pixel_quantizer" or cfg.semantic_layer is not None):
+            raise ConfigError(
+                f"{name}.code_dim={q.code_dim} exceeds backbone.width={b.width}; the pre-quant projection "
+                "squeezes the width down to the code dim (paper: 1152 -> 32)"
+            )
+    group_norm_widths = {"backbone.width": b.width, "decoder_in_channels": cfg.decoder_in_channels}
+    group_norm_widths.update({f"decoder_channels x {m}": cfg.decoder_channels * m for m in cfg.decoder_channel_mult})
+    for name, width in group_norm_widths.items():
+        if width % 32:
+            raise ConfigError(f"{name} = {width} must be a multiple of 32 (the decoder's GroupNorm has 32 groups)")
+    if b.width % cfg.proj_head_dim:
+        raise ConfigError(
+            f"backbone.width={b.width} must be a multiple of proj_head_dim={cfg.proj_head_dim} "
+            "(the AttnProjection splits the width into heads of that size)"
+        )
+    if cfg.decoder_latent_grid > b.grid:
+        raise ConfigError(
+            f"decoder_latent_grid={cfg.decoder_latent_grid} exceeds the token grid {b.grid}; it may only shrink"
+        )
+    ups = len(cfg.decoder_channel_mult) - 1
+    if cfg.decoder_latent_grid * 2**ups != b.image_size:
+        raise ConfigError(
+            f"decoder_latent_grid={cfg.decoder_latent_grid} x 2^{ups} upsamplings != image_size={b.image_size}; "
+            "change decoder_latent_grid or the number of decoder_channel_mult levels"
+        )
+    return cfg

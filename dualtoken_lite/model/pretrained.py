@@ -1,0 +1,104 @@
+"""Model checkpoints: one folder with ``config.json`` and ``model.safetensors`` (the layout every command takes).
+
+    run/checkpoint-best/
+        config.json          {"format": "dualtoken_lite", "format_version": 1, "model": <ModelConfig as a dict>}
+        model.safetensors    every parameter and buffer, codebooks included (EMA counts and averages too)
+
+Loading is strict (the released code swallowed strict-load errors and trained on with random weights, docs/method.md §7.4):
+the file's tensor names and shapes are compared with the model built from the saved config, and any missing,
+unexpected or mis-shaped tensor is an error that lists them. The model is first built on the meta device (no
+random initialisation of hundreds of millions of weights) and then takes the stored tensors as they are, so a
+round trip is exact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dualtoken_lite.model.config import ModelConfig
+from dualtoken_lite.settings import from_dict, to_dict
+
+FORMAT = "dualtoken_lite"
+FORMAT_VERSION = 1  # bump when the tensor names or the config layout change incompatibly
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder is missing, from another format, or does not match the model it describes."""
+
+
+def save_pretrained(model, directory: str | Path) -> Path:
+    """Write the model's config and all its tensors to ``directory`` (created if needed); return the folder."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": to_dict(model.cfg)}
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def load_config(directory: str | Path) -> ModelConfig:
+    """The ModelConfig stored in a checkpoint folder, after checking the format and its version."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: {directory} is not a checkpoint folder written by save_pretrained")
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT or not isinstance(config.get("format_version"), int):
+        raise CheckpointError(f"{path} is not a {FORMAT} config (format={config.get('format')!r})")
+    if config["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {config['format_version']}, newer than this code's {FORMAT_VERSION}; "
+            "update dualtoken_lite"
+        )
+    return from_dict(ModelConfig, config["model"])
+
+
+def _listing(keys: list[str], limit: int = 10) -> str:
+    """A short printable list of tensor names."""
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError listing missing, unexpected and mis-shaped tensors (no silent partial load)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = sorted(
+        f"{k}: file {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(found)
+        if tuple(found[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = [f"missing keys: {_listing(missing)}" if missing else "",
+                 f"unexpected keys: {_listing(unexpected)}" if unexpected else "",
+                 f"shape mismatches: {_listing(shapes)}" if shapes else ""]
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(p for p in parts if p))
+
+
+def load_pretrained(model_class: type, directory: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model a folder describes (``model_class(config)``) and load its tensors strictly; eval mode.
+
+    ``DualToken.from_pretrained(directory)`` calls this with its own class, so this module never imports the model.
+    """
+    directory = Path(directory)
+    cfg = load_config(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} not found next to {CONFIG_NAME}")
+    state = load_file(str(weights), device=str(device))
+    start = cfg.backbone.pretrained
+    cfg.backbone.pretrained = None  # the starting weights are in the file: do not fetch them again
+    with torch.device("meta"):
+        model = model_class(cfg)
+    model.cfg.backbone.pretrained = start  # keep the provenance in the config
+    check_state_dict(model.state_dict(), state, str(weights))
+    model.load_state_dict(state, strict=True, assign=True)
+    still_meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if still_meta:  # a tensor outside the state dict (non-persistent) would be left uninitialised
+        raise CheckpointError(f"tensors not stored in {weights}: {_listing(still_meta)}")
+    return model.eval()

@@ -1,0 +1,134 @@
+"""Evaluate a tokenizer from the command line: ``python -m dualtoken_lite.evaluate CKPT --data SRC`` (docs/method.md §6).
+
+    python -m dualtoken_lite.evaluate runs/tiny --data tinyworld-eval                 # RUN/model, or its last step
+    python -m dualtoken_lite.evaluate runs/tiny/model --data photos/ --max-images 500 --lpips --fid --json e.json
+    python -m dualtoken_lite.evaluate runs/so400m --data 'imagenet-val-{0000..0063}.tar' --zero-shot --lpips --fid
+
+Everything is measured through the codes, as a language model sees the tokenizer (``evaluation.loop``):
+
+    PSNR, SSIM   per image on RGB in [0, 1] with data_range 1 (SSIM: Gaussian 11 x 11), averaged over images;
+                 papers that compute SSIM on [-1, 1] with data_range 2 report different SSIM values
+    LPIPS        --lpips: VGG16 LPIPS with the real ImageNet weights (--vgg-weights or torch's hub cache);
+                 refused without them unless --allow-random-lpips (then labelled "random backbone")
+    rFID         --fid: torchmetrics' FrechetInceptionDistance between the resized/cropped originals and their
+                 reconstructions, Inception-v3 pool features (torch-fidelity's port of the TF 2015-12-05 weights).
+                 The paper uses ImageNet val, 50,000 images; FID is biased upwards at small sample counts
+    codebook     utilisation (distinct codes / K) and perplexity, per branch and residual depth, over the whole set
+    semantic     tiny world: top-1 of the teacher's class head on ``pooled`` (and the teacher's own accuracy on the
+                 same images, the continuous reference). SigLIP presets: --zero-shot, open_clip's classifier from
+                 class names x prompt templates, top-1 on ``pooled`` (needs the text tower's weights, ``transformers``
+                 and the tokenizer files; a clear message when they are missing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from dualtoken_lite.datasets.loader import build_loader
+from dualtoken_lite.evaluation.external import (
+    INCEPTION_FILE,
+    MetricUnavailable,
+    build_fid,
+    build_zero_shot_head,
+    load_classnames,
+)
+from dualtoken_lite.evaluation.loop import evaluate_codes, format_table
+from dualtoken_lite.losses.perceptual import Perceptual, PerceptualWeightsMissing
+from dualtoken_lite.tinyworld.paths import TEACHER_DIR
+from dualtoken_lite.tinyworld.shards import resolve_data
+from dualtoken_lite.tinyworld.teacher import CARD_FILE, load_teacher
+from dualtoken_lite.tools.common import load_tokenizer, pick_device
+
+
+# ------------------------------------------------------------------------------------------------- command line
+def semantic_head(model, args, device) -> tuple[nn.Module | None, nn.Module | None, str | None]:
+    """(head, teacher trunk, metric name) chosen by --zero-shot / --teacher; a clear error when unavailable."""
+    arch = model.cfg.backbone.arch
+    if model.cfg.semantic_layer is None:
+        return None, None, None
+    if args.zero_shot:
+        if args.teacher not in ("auto", "none"):
+            raise MetricUnavailable("choose one semantic metric: --zero-shot (SigLIP presets) or --teacher (tiny world)")
+        head = build_zero_shot_head(arch, args.text_weights, load_classnames(args.classnames), args.templates, device)
+        return head, None, "zero-shot"
+
+    choice = args.teacher
+    if choice == "auto":  # the shipped teacher when it is there and fits, else no semantic metric
+        there = (TEACHER_DIR / CARD_FILE).exists()
+        choice = "shipped" if arch == "tiny" and there else "none"
+        if choice == "none":
+            print("note: no semantic accuracy (no shipped teacher for this model; pass --teacher FOLDER or "
+                  "--zero-shot)", file=sys.stderr)
+    if choice == "none":
+        return None, None, None
+    trunk, head = load_teacher(None if choice == "shipped" else choice)
+    if head.in_features != model.cfg.backbone.width:
+        raise MetricUnavailable(f"the teacher's head takes {head.in_features}-d embeddings but this model pools "
+                                f"{model.cfg.backbone.width}-d ones; use a teacher of this model's world")
+    return head.to(device), trunk.to(device), "teacher-head"
+
+
+def main(argv: list[str] | None = None, fid_feature: nn.Module | None = None) -> int:
+    """The command line; ``fid_feature`` replaces Inception-v3 for rFID (tests use a small stand-in network)."""
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", help="model folder (save_pretrained) or training run folder")
+    parser.add_argument("--data", required=True, help="folder, .tar shard(s), brace pattern, or tinyworld-eval")
+    parser.add_argument("--max-images", type=int, default=None, help="stop after this many images")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
+    parser.add_argument("--teacher", default="auto", help="auto | shipped | FOLDER | none (tiny world's head)")
+    parser.add_argument("--zero-shot", action="store_true", help="open_clip zero-shot top-1 (SigLIP presets)")
+    parser.add_argument("--text-weights", default="webli", help="open_clip tag or file with the text tower")
+    parser.add_argument("--classnames", default="imagenet", help="'imagenet' or a file, one name per label")
+    parser.add_argument("--templates", default="openai", choices=["openai", "simple"], help="prompt templates")
+    parser.add_argument("--lpips", action="store_true", help="LPIPS-VGG (needs VGG16 ImageNet weights)")
+    parser.add_argument("--vgg-weights", default=None, help="path of torchvision's vgg16-397923af.pth")
+    parser.add_argument("--allow-random-lpips", action="store_true", help="LPIPS with a random VGG (labelled)")
+    parser.add_argument("--fid", action="store_true", help="rFID (needs torch-fidelity + Inception weights)")
+    parser.add_argument("--inception-weights", default=None, help=f"path of {INCEPTION_FILE}")
+    parser.add_argument("--json", default=None, help="where to write the results (default: CKPT folder/eval.json)")
+    return run(parser.parse_args(argv), fid_feature)
+
+
+def run(args, fid_feature: nn.Module | None = None) -> int:
+    """Evaluate as ``args`` say; every metric is set up (or refused) before any image is read."""
+
+    model, folder = load_tokenizer(args.checkpoint, pick_device(args.device))
+    device = next(model.parameters()).device
+    try:
+        head, teacher, kind = semantic_head(model, args, device)
+        perceptual = Perceptual(args.vgg_weights, args.allow_random_lpips).to(device) if args.lpips else None
+        fid = build_fid(fid_feature, args.inception_weights).to(device) if args.fid else None
+    except (MetricUnavailable, PerceptualWeightsMissing, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        loader = build_loader(resolve_data(args.data), model.cfg.backbone.image_size, args.batch_size, train=False)
+        available = sum(loader.stream.unit_counts())
+    except (FileNotFoundError, ValueError) as err:  # a missing path, an unreadable source: say so, no traceback
+        print(f"error: --data {args.data!r}: {err}", file=sys.stderr)
+        return 2
+    total = available if args.max_images is None else min(args.max_images, available)
+    result = evaluate_codes(model, loader, args.max_images, head, teacher, perceptual, fid, progress=True, total=total)
+    if kind is not None and "semantic_accuracy" in result:
+        result["semantic_metric"] = kind
+    elif kind is not None:
+        print("note: the data has no labels, so no semantic accuracy", file=sys.stderr)
+    if loader.skips.total:
+        result["skipped"] = loader.skips.as_dict()
+    result = {"checkpoint": str(folder), "data": args.data, **result,
+              "conventions": "PSNR/SSIM on RGB in [0, 1], data_range 1; codebook stats over the whole set"}
+    print(format_table(result))
+    out = Path(args.json) if args.json else folder / "eval.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The command line of ``python -m dualtoken_lite.train`` and the run folder's saved config -> a ``TrainConfig``.
+
+`python -m dualtoken_lite.train --preset tiny --lr 3e-4 --model.pixel_layer 3` = preset + overrides. Every
+field of `TrainConfig` is a flag (`--batch_size` or `--batch-size`); model fields are `--model.<field>` and nested
+ones `--model.pixel_quantizer.depth`; loss fields `--loss.<field>`. The original release's flags (docs/method.md
+§4) are accepted too, with their meanings (`RELEASE_FLAGS`). The whole config is validated before any data is read.
+
+``load_run_config`` reads a run folder's ``config.json``, including those written before ``TrainConfig.loss`` was
+a typed ``LossConfig`` (they stored only the overrides of the preset's losses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from dualtoken_lite.losses.config import LossConfig
+from dualtoken_lite.model.config import ModelConfig
+from dualtoken_lite.presets import preset as named_preset
+from dualtoken_lite.settings import ConfigError, from_dict
+from dualtoken_lite.training.config import TrainConfig, validate_train
+
+# The original release's command-line flags (docs/method.md §4) -> our field names.
+RELEASE_FLAGS: dict[str, str] = {
+    "--sem_weight": "loss.sem_weight",
+    "--stage": "stage",
+    "--name": "out",
+    "--model": "preset",
+    "--save-frequency": "save_every_epochs",
+    "--train-data": "train_data",
+    "--train-num-samples": "train_num_samples",
+    "--dataset-type": "dataset_type",
+    "--warmup": "warmup_steps",
+    "--batch-size": "batch_size",
+    "--lr": "lr",
+    "--beta1": "beta1",
+    "--beta2": "beta2",
+    "--wd": "weight_decay",
+    "--epochs": "epochs",
+    "--gan_start_epoch": "gan_start_epoch",
+    "--restart_gan": "restart_gan",
+    "--workers": "workers",
+}
+# Release model-config names (docs/method.md §4 `--model`) -> our presets.
+RELEASE_MODELS = {"model_config_siglip_384_rvq8": "so400m-384"}
+
+
+def _parse_value(text: str, current: Any, name: str) -> Any:
+    """Convert a command-line string to the type of the field's current value."""
+    if text.lower() in ("none", "null"):
+        return None
+    if isinstance(current, bool) or current is None and text.lower() in ("true", "false"):
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"--{name}={text!r}: expected true or false")
+        return text.lower() in ("true", "1", "yes")
+    if isinstance(current, tuple):  # "0.5,0.9" -> (0.5, 0.9); element type from the current value
+        kind = float if any(isinstance(v, float) for v in current) else int
+        try:
+            return tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise ConfigError(f"--{name}={text!r}: expected comma-separated {kind.__name__}s") from None
+    for kind in (int, float):
+        if isinstance(current, kind) or current is None:
+            try:
+                return kind(text)
+            except ValueError:
+                if current is not None:
+                    raise ConfigError(f"--{name}={text!r}: expected a {kind.__name__}") from None
+    return text
+
+
+def set_field(cfg: TrainConfig, dotted: str, text: str) -> None:
+    """Set ``cfg.<dotted>`` (e.g. 'model.pixel_quantizer.depth') from a command-line string."""
+    *parents, leaf = dotted.replace("-", "_").split(".")
+    target: Any = cfg
+    for part in parents:
+        if not hasattr(target, part):
+            raise ConfigError(f"--{dotted}: {type(target).__name__} has no field {part!r}")
+        target = getattr(target, part)
+    if leaf not in {f.name for f in dataclasses.fields(target)}:
+        known = ", ".join(f.name for f in dataclasses.fields(target))
+        raise ConfigError(f"--{dotted}: {type(target).__name__} has no field {leaf!r} (fields: {known})")
+    setattr(target, leaf, _parse_value(text, getattr(target, leaf), dotted))
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Preset + overrides (ours or the release's flags) -> a validated TrainConfig."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=None)
+    pre.add_argument("--model", default=None)  # the release's name for the preset
+    known, rest = pre.parse_known_args(argv)
+    preset = known.preset or RELEASE_MODELS.get(known.model or "", known.model) or "tiny"
+    cfg = named_preset(preset)
+    pairs = _pairs(rest)
+    save_every_epochs = None
+    for flag, value in pairs:
+        dotted = RELEASE_FLAGS.get(flag, flag[2:])
+        if dotted == "dataset_type":
+            if value not in ("webdataset", "folder", "tinyworld"):
+                raise ConfigError(f"--dataset-type={value!r}: use webdataset, folder or tinyworld")
+            continue  # the source kind is recognised from train_data itself
+        if dotted == "save_every_epochs":
+            save_every_epochs = int(value)
+            continue
+        if dotted == "out" and flag == "--name":
+            value = f"runs/{value}"
+        set_field(cfg, dotted, value)
+    if save_every_epochs is not None:
+        cfg.save_every = -save_every_epochs  # negative = in epochs; resolved once steps_per_epoch is known
+    return validate_train(cfg)
+
+
+def _pairs(rest: list[str]) -> list[tuple[str, str]]:
+    """['--a=1', '--b', '2', '--flag'] -> [('--a','1'), ('--b','2'), ('--flag','true')]."""
+    out, i = [], 0
+    while i < len(rest):
+        token = rest[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r}: options look like --name value or --name=value")
+        if "=" in token:
+            flag, value = token.split("=", 1)
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            flag, value = token, rest[i + 1]
+            i += 1
+        else:
+            flag, value = token, "true"
+        out.append((flag, value))
+        i += 1
+    return out
+
+
+def load_run_config(path: str | Path) -> TrainConfig:
+    """The ``TrainConfig`` saved in a run folder's ``config.json`` (``path`` = the file or its run folder).
+
+    Files written before the loss settings were typed hold ``"loss": {overrides}``: those overrides are applied
+    to the run's preset, which is exactly the loss configuration that run trained with.
+    """
+    path = Path(path)
+    path = path / "config.json" if path.is_dir() else path
+    data = json.loads(path.read_text())
+    loss = data.pop("loss", {}) or {}
+    model = data.pop("model", None)
+    cfg = named_preset(data.get("preset", "tiny"))
+    for key, value in data.items():
+        if key not in {f.name for f in dataclasses.fields(TrainConfig)}:
+            raise ConfigError(f"{path}: TrainConfig has no field {key!r}")
+        setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
+    if model is not None:
+        cfg.model = from_dict(ModelConfig, model)
+    cfg.loss = from_dict(LossConfig, {**dataclasses.asdict(cfg.loss), **loss})
+    return validate_train(cfg)

@@ -1,0 +1,178 @@
+"""Training checkpoints and resume: written atomically, loaded without running code, the N most recent kept.
+
+Layout of a run folder's checkpoints:
+
+    checkpoints/step_00000500/     the model in the `save_pretrained` layout (model.safetensors + config.json)
+                 training_state.pt  everything else a resume needs (below), loaded with weights_only=True
+    checkpoints/latest             one line: the name of the newest complete step folder
+
+A checkpoint is first written to a hidden temporary folder and then renamed into place (an atomic operation on
+POSIX file systems), and `latest` is replaced the same way, so a process killed at any moment leaves either the
+previous checkpoint or the new one, never half of one.
+
+training_state.pt holds: format version, step, the data position, both optimizers and schedulers, the
+discriminator, RNG states (python, numpy, torch, CUDA), all as tensors and plain Python types.
+
+Resuming is one path: ``resume_point`` turns what the user passed (``--resume auto``, a run folder, a step folder)
+into a checkpoint folder, and ``resume`` loads it into a trainer (model weights strictly, then everything else).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from dualtoken_lite.model.pretrained import WEIGHTS_NAME, check_state_dict
+
+STATE_FORMAT_VERSION = 1
+STATE_FILE = "training_state.pt"
+LATEST_FILE = "latest"
+
+
+def step_dir_name(step: int) -> str:
+    """'step_00000500' for step 500: zero-padded so names sort by step."""
+    return f"step_{step:08d}"
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every random generator a training step touches, as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what `capture_rng_state` saved."""
+    version, *rest = state["python"]
+    random.setstate((version, tuple(rest[0]), rest[1]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` to disk before it is renamed into place."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    root: str | Path, step: int, model, state: dict[str, Any], keep: int = 3, before_commit=None
+) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically and prune all but the ``keep`` newest.
+
+    ``model`` must offer ``save_pretrained(folder)``; ``state`` holds the rest (see the module docstring).
+    ``before_commit`` is called when every file is written but not yet renamed into place (a test hook).
+    """
+    if keep < 1:
+        raise ValueError(f"keep={keep}: at least one checkpoint must be kept")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(tmp)
+    torch.save({"format_version": STATE_FORMAT_VERSION, "step": step, **state}, tmp / STATE_FILE)
+    _fsync_tree(tmp)
+    if before_commit is not None:
+        before_commit()
+    if final.exists():  # the same step saved again (e.g. after a resume): replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _atomic_write_text(root / LATEST_FILE, final.name + "\n")
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # leftovers of a process killed mid-write
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoint folders under ``root``, oldest first (temporary folders are never listed)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint: the one `latest` names, else the highest step folder found."""
+    root = Path(root)
+    pointer = root / LATEST_FILE
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        if (named / STATE_FILE).is_file():
+            return named
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_training_state(folder: str | Path) -> dict[str, Any]:
+    """Read a checkpoint's training_state.pt with ``weights_only=True`` (never runs code from the file)."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {STATE_FILE} in {folder}: is it a checkpoint folder (checkpoints/step_*)?")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    version = state.get("format_version")
+    if version != STATE_FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has training-state format version {version}; this dualtoken_lite reads "
+            f"version {STATE_FORMAT_VERSION}"
+        )
+    return state
+
+
+def resume_point(resume: str | None, out: str | Path) -> Path | None:
+    """The checkpoint folder a run continues from: ``resume`` as given on the command line, resolved.
+
+    None -> None (a fresh run); "auto" -> the newest checkpoint under ``out`` if there is one, else None;
+    a checkpoint folder (``RUN/checkpoints/step_*``) -> itself; a run folder -> its newest checkpoint.
+    """
+    if resume is None:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(Path(out) / "checkpoints")
+    folder = Path(resume)
+    if (folder / STATE_FILE).is_file():
+        return folder
+    found = latest_checkpoint(folder / "checkpoints")
+    if found is None:
+        raise FileNotFoundError(f"--resume {resume}: no checkpoint there (expected checkpoints/step_*)")
+    return found
+
+
+def resume(trainer, folder: str | Path) -> None:
+    """Continue ``trainer`` from a checkpoint folder: the model's weights (strict), then its training state."""
+    folder = Path(folder)
+    weights = load_file(str(folder / WEIGHTS_NAME))
+    check_state_dict(trainer.model.state_dict(), weights, str(folder))
+    trainer.model.load_state_dict(weights, strict=True)
+    trainer.load_state_dict(load_training_state(folder))

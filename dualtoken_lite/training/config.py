@@ -1,0 +1,90 @@
+"""One training run's settings: the ``TrainConfig`` dataclass and its validation (docs/method.md §4).
+
+A ``TrainConfig`` holds everything a run needs: its own settings, the tokenizer (``model``, a ``ModelConfig``) and
+the objective (``loss``, a ``LossConfig``). Named presets live in ``dualtoken_lite.presets``; the command line
+(``training.arguments``) starts from one and applies overrides; ``validate_train`` checks the whole before any data
+is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dualtoken_lite.losses.config import LossConfig, validate_loss_config
+from dualtoken_lite.model.config import ModelConfig, validate
+from dualtoken_lite.settings import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """One training run (docs/method.md §4 for the paper's values)."""
+
+    preset: str = "tiny"  # the preset (dualtoken_lite.presets) this run started from
+    out: str = "runs/tiny"  # run folder: config.json, metrics.jsonl, checkpoints/, images/, summary.json
+    train_data: str = "tinyworld"  # "tinyworld" (the bundled set, made on first use), shard pattern(s) or a folder
+    eval_data: str | None = "tinyworld-eval"  # held-out set for PSNR / accuracy; None = no evaluation
+    train_num_samples: int | None = None  # samples per epoch (the epoch length of a webdataset); None = one pass
+    epochs: int = 1  # passes over train_num_samples (or the data); max_steps, when set, wins
+    max_steps: int | None = 1200  # optimizer steps in total; None = epochs * steps_per_epoch
+    batch_size: int = 32  # images per process per micro-batch
+    grad_accum: int = 1  # micro-batches summed into one optimizer step (quantizer EMA moves once per step)
+    lr: float = 1e-3  # peak AdamW learning rate of the tokenizer (paper: 7.2e-5)
+    beta1: float = 0.9  # AdamW beta1 (paper: 0.5)
+    beta2: float = 0.99  # AdamW beta2 (paper: 0.9)
+    adam_eps: float = 1e-8  # AdamW epsilon (paper: 1e-8)
+    weight_decay: float = 1e-4  # on weights with ndim >= 2 only; none on biases, norms, embeddings (paper: 1e-4)
+    warmup_steps: int = 50  # linear warmup before the cosine decay (paper: 10,000)
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    stage: int = 1  # 0, 1 or 2 (docs/method.md §3): what is frozen and which losses are on
+    gan_start_epoch: int | None = None  # 0-based epoch in whose second half the discriminator starts; None = no GAN
+    gan_start_step: int | None = None  # the same in steps (wins over gan_start_epoch when both are set)
+    restart_gan: int | None = None  # re-create the discriminator and its optimizer every N epochs after the start
+    teacher: str = "shipped"  # distillation teacher: "shipped" (tiny world's, also the starting tower), "backbone"
+    #                           (a frozen copy of the tower as built, e.g. pretrained SigLIP) or a teacher folder
+    init_from: str | None = None  # start a new run from a model folder's weights (fresh optimizers): stage 1 -> 2
+    resume: str | None = None  # continue a run: its folder, a checkpoints/step_* folder, or "auto" (= --out if any)
+    seed: int = 0  # seeds python, numpy and torch on every rank (data order is derived from it too)
+    deterministic: bool = False  # torch.use_deterministic_algorithms; with it, a resumed run equals an unbroken one
+    device: str = "auto"  # "auto" (CUDA if available), "cpu" or "cuda"
+    bf16: bool | None = None  # bf16 autocast; None = on with CUDA, off on the CPU
+    workers: int = 0  # data-loader worker processes per rank
+    threads: int | None = None  # torch CPU threads per process; None = torch's default
+    log_every: int = 20  # steps between metrics.jsonl lines (and the progress-bar postfix)
+    image_every: int = 200  # steps between reconstruction grids written to images/
+    eval_every: int = 400  # steps between held-out evaluations (0 = only at the end)
+    eval_samples: int = 512  # held-out images per evaluation
+    save_every: int = 200  # steps between checkpoints
+    keep_checkpoints: int = 3  # the N most recent checkpoints are kept
+    tensorboard: bool = False  # also write TensorBoard event files (needs the tensorboard package)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the tokenizer (model/config.py)
+    loss: LossConfig = field(default_factory=LossConfig)  # every loss weight and constant (losses/config.py)
+
+
+def validate_train(cfg: TrainConfig) -> TrainConfig:
+    """Check a run's config before any data is read; raise ConfigError naming the value and the fix."""
+    validate(cfg.model)
+    validate_loss_config(cfg.loss)
+    positive = ("batch_size", "grad_accum", "epochs", "log_every", "keep_checkpoints", "eval_samples")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 1")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ConfigError(f"max_steps={cfg.max_steps} must be >= 1 (or None to run epochs)")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr={cfg.lr} must be > 0")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must lie in [0, 1)")
+    if cfg.warmup_steps < 0 or cfg.weight_decay < 0:
+        raise ConfigError(f"warmup_steps={cfg.warmup_steps} and weight_decay={cfg.weight_decay} must be >= 0")
+    if cfg.stage not in (0, 1, 2):
+        raise ConfigError(f"stage={cfg.stage}: DualToken has stages 0, 1 and 2 (docs/method.md §3)")
+    if cfg.stage == 2 and cfg.model.semantic_layer is None:
+        raise ConfigError("stage=2 trains the semantic branch only, but model.semantic_layer is None")
+    if cfg.resume and cfg.init_from:
+        raise ConfigError("--resume continues a run and --init-from starts a new one: give only one")
+    if not cfg.train_data:
+        raise ConfigError("train_data is empty: give --train-data (shards like 'cc12m-{0000..2175}.tar' or a folder)")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device={cfg.device!r}: use auto, cpu or cuda")
+    return cfg

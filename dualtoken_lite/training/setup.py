@@ -1,0 +1,96 @@
+"""Assemble a training run from its validated config: seeds, data, model, teacher, optimizers, GAN, resume.
+
+    tr = build_trainer(cfg, world)
+
+The order matters for exact resumes and reproducibility: seeds first, then the data loader, the model (whose
+random initialisation draws from the seeded generator), the teacher, the optimizer, and last the saved state
+of a resumed run (which restores every random generator as it was when the checkpoint was written).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dualtoken_lite.datasets.loader import build_loader
+from dualtoken_lite.losses.gan import GanSchedule
+from dualtoken_lite.losses.perceptual import build_perceptual
+from dualtoken_lite.losses.stages import apply_stage, get_stage, stage_train_mode
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.model.pretrained import check_state_dict
+from dualtoken_lite.tinyworld.shards import resolve_data
+from dualtoken_lite.tinyworld.teacher import load_teacher
+from dualtoken_lite.training import distributed as dist_utils
+from dualtoken_lite.training.adversarial import Adversary
+from dualtoken_lite.training.checkpoints import resume
+from dualtoken_lite.training.config import TrainConfig
+from dualtoken_lite.training.optim import build_adamw, build_schedule
+from dualtoken_lite.training.steps import Trainer
+
+
+def seed_everything(seed: int) -> None:
+    """The same seed on every rank: identical initial weights everywhere (data differs by rank, not by seed)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_teacher(spec: str, model: DualToken) -> tuple[nn.Module, nn.Module | None]:
+    """The frozen distillation teacher (a trunk) and, for the tiny world, its class head (the zero-shot stand-in).
+
+    "shipped": the tiny world's trained teacher, which is also the starting point of the tokenizer's tower;
+    "backbone": a frozen copy of the tower as built (the pretrained SigLIP at paper scale);
+    a folder: a teacher saved by ``python -m dualtoken_lite.teacher --out FOLDER``.
+    """
+    if spec == "shipped" or (spec and Path(spec).is_dir()):
+        trunk, head = load_teacher(None if spec == "shipped" else spec)
+        model.encoder.trunk.load_state_dict(trunk.state_dict(), strict=True)
+        return trunk, head
+    if spec == "backbone":
+        return copy.deepcopy(model.encoder.trunk).eval().requires_grad_(False), None
+    raise ValueError(f"teacher={spec!r}: use 'shipped' (tiny world), 'backbone' or a teacher folder")
+
+
+def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
+    """Assemble a run from its (validated) config; start from ``init_from`` or resume as the config asks."""
+    seed_everything(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    source = resolve_data(cfg.train_data, world.is_main, dist_utils.barrier)
+    loader = build_loader(source, cfg.model.backbone.image_size, cfg.batch_size, train=True,
+                          num_workers=cfg.workers, seed=cfg.seed, rank=world.rank, world_size=world.world_size,
+                          epoch_samples=cfg.train_num_samples)
+    steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    model = DualToken(cfg.model).to(world.device)
+    teacher, head = build_teacher(cfg.teacher, model)
+    if cfg.init_from:
+        start = DualToken.from_pretrained(cfg.init_from)
+        check_state_dict(model.state_dict(), start.state_dict(), cfg.init_from)
+        model.load_state_dict(start.state_dict(), strict=True)
+    teacher, head = teacher.to(world.device), head.to(world.device) if head is not None else None
+    apply_stage(model, cfg.stage)
+    stage_train_mode(model, cfg.stage)
+    optimizer = build_adamw(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.adam_eps, cfg.weight_decay)
+    scheduler = build_schedule(optimizer, cfg.warmup_steps, total, cfg.min_lr_ratio)
+    adversary = None
+    gan_asked = cfg.gan_start_epoch is not None or cfg.gan_start_step is not None
+    if gan_asked and "gan" in get_stage(cfg.stage).terms:
+        schedule = GanSchedule.build(cfg.loss, steps_per_epoch, cfg.gan_start_epoch, cfg.restart_gan,
+                                     start_step=cfg.gan_start_step)
+        adversary = Adversary(cfg.loss, schedule, steps_per_epoch, total, world.device, world.distributed)
+    perceptual = build_perceptual(cfg.loss) if "perceptual" in get_stage(cfg.stage).terms else None
+    perceptual = perceptual.to(world.device) if perceptual is not None else None
+    use_bf16 = cfg.bf16 if cfg.bf16 is not None else world.device.type == "cuda"
+    tr = Trainer(cfg=cfg, world=world, model=model, teacher=teacher, head=head, optimizer=optimizer,
+                 scheduler=scheduler, loader=loader, total_steps=total, adversary=adversary,
+                 perceptual=perceptual, autocast=use_bf16)
+    if cfg.resume:
+        resume(tr, cfg.resume)
+    tr.refresh_discriminator()
+    return tr

@@ -1,0 +1,165 @@
+"""What a training run holds between steps, and each kind of step it takes (docs/method.md §4).
+
+    tr = build_trainer(cfg, world)          # training.setup: model, teacher, data, optimizers, GAN
+    terms, out = tr.generator_micro_step(model, batch, scale=1 / grad_accum)   # forward, every loss, backward
+    tr.optimizer_step()                     # AdamW + learning-rate schedule
+    tr.model.update_codebooks()             # one EMA update per optimizer step (all-reduced across ranks)
+    tr.adversary.train_step(tr.take_pending(), step)   # one discriminator update when the GAN is on
+
+The loop that calls these in order is ``training.loop``; checkpoints and resume are ``training.checkpoints``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dualtoken_lite.datasets.loader import build_loader
+from dualtoken_lite.evaluation.loop import evaluate_codes
+from dualtoken_lite.evaluation.metrics import psnr
+from dualtoken_lite.losses.stages import get_stage, stage_train_mode
+from dualtoken_lite.losses.terms import generator_loss, targets_from_teacher, term_status
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.tinyworld.shards import resolve_data
+from dualtoken_lite.training import distributed as dist_utils
+from dualtoken_lite.training.adversarial import Adversary
+from dualtoken_lite.training.checkpoints import capture_rng_state, restore_rng_state
+from dualtoken_lite.training.config import TrainConfig
+
+
+@dataclass
+class Trainer:
+    """Everything a run holds between steps; ``state_dict()`` is what a checkpoint saves besides the model."""
+
+    cfg: TrainConfig  # the run's validated config (cfg.loss: every loss weight)
+    world: dist_utils.World  # rank, world size, device
+    model: DualToken  # the tokenizer being trained (unwrapped; the loop wraps it in DDP)
+    teacher: nn.Module  # frozen trunk giving the distillation targets
+    head: nn.Module | None  # the tiny world's class head on pooled embeddings (semantic accuracy), else None
+    optimizer: torch.optim.Optimizer  # AdamW of the tokenizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # warmup + cosine
+    loader: object  # datasets.loader's resumable loader of training batches
+    total_steps: int  # optimizer steps of the whole run
+    adversary: Adversary | None = None  # the discriminator's side; None when the run has no GAN
+    perceptual: nn.Module | None = None  # LPIPS, when the loss config asks for it
+    autocast: bool = False  # bf16 autocast around the forward pass
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current data epoch
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    pending: list = field(default_factory=list)  # (images, detached reconstructions) of this step, for D
+
+    # ------------------------------------------------------------------------------------------ data
+    def batches(self):
+        """Micro-batches forever, epoch after epoch, starting at the saved data position."""
+        while True:
+            self.loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            for batch in self.loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def skipped_samples(self) -> int:
+        """Bad samples skipped so far, summed over ranks."""
+        return int(dist_utils.all_reduce_sum(torch.tensor(float(self.loader.skips.total))).item())
+
+    # ------------------------------------------------------------------------------------ generator
+    def gan_weight(self, step: int) -> float:
+        """The generator-side adversarial weight at ``step`` (0 when the GAN is off)."""
+        return self.adversary.weight(step) if self.adversary is not None else 0.0
+
+    def gan_on(self, step: int) -> bool:
+        return self.gan_weight(step) > 0 and "gan" in get_stage(self.cfg.stage).terms
+
+    def generator_micro_step(self, model: nn.Module, batch: dict, scale: float):
+        """Forward one micro-batch, compute every loss term, backpropagate ``scale * total``."""
+        x = batch["image"].to(self.world.device, non_blocking=True)  # (B, 3, h, w) in [-1, 1]
+        ctx = torch.autocast(self.world.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
+        gan_on = self.gan_on(self.step)
+        with ctx:
+            out = model(x)
+            targets = None
+            if self.model.cfg.semantic_layer is not None and self.cfg.loss.sem_weight > 0:
+                targets = targets_from_teacher(self.teacher, x, self.model.cfg.semantic_layer)
+            total, terms = generator_loss(
+                out, x, self.cfg.loss, teacher=targets, perceptual=self.perceptual,
+                discriminator=self.adversary.disc if gan_on else None,
+                last_layer=self.model.decoder.conv_out.weight, stage=self.cfg.stage,
+                gan_weight=self.gan_weight(self.step) if gan_on else 0.0,
+            )
+        (total * scale).backward()
+        if gan_on:
+            self.pending.append((x, out.reconstruction.detach()))
+        terms["psnr"] = psnr(out.reconstruction.detach(), x).mean()
+        return terms, out
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def refresh_discriminator(self) -> None:
+        """Create or restart the discriminator where the GAN schedule says so."""
+        if self.adversary is not None:
+            self.adversary.refresh(self.step)
+
+    def discriminator_step(self) -> dict:
+        """One D update on this step's pending pairs (summed over micro-batches)."""
+        pending, self.pending = self.pending, []
+        return self.adversary.train_step(pending, self.step)
+
+    # ------------------------------------------------------------------------------------ reporting
+    def log_terms(self, losses: dict, out) -> dict:
+        lrs = {"lr": self.scheduler.get_last_lr()[0]}
+        if self.adversary is not None and self.adversary.last_lr() is not None:
+            lrs["disc_lr"] = self.adversary.last_lr()
+        usage = {"pixel": {"utilisation": out.pixel.stats.utilisation, "perplexity": out.pixel.stats.perplexity}}
+        if out.semantic is not None and out.semantic is not out.pixel:
+            usage["semantic"] = {"utilisation": out.semantic.stats.utilisation,
+                                 "perplexity": out.semantic.stats.perplexity}
+        psnr_value = losses.pop("psnr", None)
+        return {"loss": losses, **lrs, "batch_codes": usage, "psnr": psnr_value, "epoch": self.epoch}
+
+    def evaluate(self) -> dict:
+        """Held-out figures through the codes (rank 0 evaluates; the others skip it to keep DDP in step)."""
+        if not self.world.is_main or not self.cfg.eval_data:
+            return {}
+        source = resolve_data(self.cfg.eval_data, self.world.is_main, dist_utils.barrier)
+        batches = build_loader(source, self.model.cfg.backbone.image_size, self.cfg.batch_size, train=False,
+                               seed=self.cfg.seed)
+        teacher = (lambda x: self.teacher(x)) if self.head is not None else None
+        result = evaluate_codes(self.model, batches, max_images=self.cfg.eval_samples, head=self.head,
+                                teacher=teacher)
+        stage_train_mode(self.model, self.cfg.stage)
+        return result
+
+    def final_summary(self) -> dict:
+        gan = 1.0 if self.adversary is not None else 0.0
+        return {"step": self.step, "preset": self.cfg.preset, "stage": self.cfg.stage,
+                "loss_terms": term_status(self.cfg.loss, self.cfg.stage, gan, self.perceptual),
+                "eval": self.evaluate() if self.cfg.eval_data else {}}
+
+    def save_due(self, step: int) -> bool:
+        steps_per_epoch = max(1, len(self.loader) // self.cfg.grad_accum)
+        every = self.cfg.save_every if self.cfg.save_every > 0 else -self.cfg.save_every * steps_per_epoch
+        return every > 0 and step % every == 0
+
+    # ---------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """Everything but the model's weights that a resume needs (see training.checkpoints)."""
+        state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": capture_rng_state(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.adversary is not None:
+            state.update(self.adversary.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Put back optimizers, discriminator, data position and, last, every random generator."""
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.adversary is not None:
+            self.adversary.load_state_dict(state)
+        restore_rng_state(state["rng"])  # after D's re-creation, whose init draws random numbers
