@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dualtoken_lite.datasets.images import to_uint8
-from dualtoken_lite.evaluation.metrics import CodeUsage, psnr, ssim
+from dualtoken_lite.evaluation.metrics import CodeUsage, luma_chroma_psnr, psnr, ssim
 
 
 @torch.no_grad()
@@ -41,7 +41,8 @@ def evaluate_codes(model: nn.Module, batches: Iterable[dict], max_images: int | 
     separate_semantic = model.semantic_quantizer is not None and not model.cfg.shared_quantizer
     if separate_semantic:
         usage["semantic"] = CodeUsage(model.cfg.semantic_quantizer.codebook_size, model.cfg.semantic_quantizer.depth)
-    sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0, "correct": 0, "teacher_correct": 0}
+    sums = {"psnr": 0.0, "psnr_luma": 0.0, "psnr_chroma": 0.0, "ssim": 0.0, "lpips": 0.0, "correct": 0,
+            "teacher_correct": 0}
     n = n_labelled = 0
     bar = tqdm(desc="evaluate", unit="img", total=max_images if total is None else total, disable=not progress)
     for batch in batches:
@@ -50,6 +51,9 @@ def evaluate_codes(model: nn.Module, batches: Iterable[dict], max_images: int | 
         x_hat = model.decode(pixel_codes)  # (B, 3, h, w)
         sums["psnr"] += psnr(x_hat, x).sum().item()
         sums["ssim"] += ssim(x_hat, x).sum().item()
+        luma, chroma = luma_chroma_psnr(x_hat, x)  # (B,) each
+        sums["psnr_luma"] += luma.sum().item()
+        sums["psnr_chroma"] += chroma.sum().item()
         if perceptual is not None:
             sums["lpips"] += perceptual(x_hat.float(), x.float()).item() * x.shape[0]  # batch mean -> sum
         if fid is not None:
@@ -73,7 +77,8 @@ def evaluate_codes(model: nn.Module, batches: Iterable[dict], max_images: int | 
     model.train(was_training)
     if n == 0:
         raise ValueError("evaluation saw no images: is the data empty?")
-    result = {"images": n, "psnr": sums["psnr"] / n, "ssim": sums["ssim"] / n}
+    result = {"images": n, "psnr": sums["psnr"] / n, "psnr_luma": sums["psnr_luma"] / n,
+              "psnr_chroma": sums["psnr_chroma"] / n, "ssim": sums["ssim"] / n}
     if perceptual is not None:
         result["lpips"], result["lpips_backbone"] = sums["lpips"] / n, getattr(perceptual, "label", "lpips")
     if fid is not None:
@@ -90,6 +95,7 @@ def evaluate_codes(model: nn.Module, batches: Iterable[dict], max_images: int | 
 def format_table(result: dict) -> str:
     """The figures of ``evaluate_codes`` as a printable table."""
     rows = [("images", str(result["images"])), ("PSNR (dB, RGB [0,1], range 1)", f"{result['psnr']:.2f}"),
+            ("PSNR luma / chroma (BT.601)", f"{result['psnr_luma']:.2f} / {result['psnr_chroma']:.2f}"),
             ("SSIM (RGB [0,1], range 1)", f"{result['ssim']:.4f}")]
     if "lpips" in result:
         rows.append((f"LPIPS ({result['lpips_backbone']})", f"{result['lpips']:.4f}"))

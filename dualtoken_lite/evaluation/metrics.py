@@ -1,4 +1,4 @@
-"""Numbers that say how good a tokenizer is (docs/method.md §6): PSNR, SSIM, codebook usage, semantic accuracy.
+"""Numbers that say how good a tokenizer is (docs/method.md §6): PSNR (RGB, luma, chroma), SSIM, codebook usage.
 
 Conventions, stated once: PSNR and SSIM are computed on RGB in [0, 1] with data_range = 1 (some papers use 2.0 for
 SSIM on [-1, 1] images: their SSIM is not comparable), per image, then averaged over images. Codebook
@@ -26,6 +26,31 @@ def ssim(reconstruction: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     return structural_similarity_index_measure(
         to_unit(reconstruction), to_unit(original), data_range=1.0, reduction="none"
     )
+
+
+def ycbcr(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, h, w) in [-1, 1] -> BT.601 full-range Y, Cb, Cr of the [0, 1] RGB image, (B, 3, h, w).
+
+    Y = .299 R + .587 G + .114 B,  Cb = .5 + .564 (B - Y),  Cr = .5 + .713 (R - Y).
+    """
+    rgb = to_unit(x)  # (B, 3, h, w) in [0, 1]
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    return torch.stack([y, 0.5 + 0.564 * (b - y), 0.5 + 0.713 * (r - y)], dim=1)
+
+
+def luma_chroma_psnr(reconstruction: torch.Tensor, original: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image PSNR (dB, data range 1) of luma Y and of chroma, (B,) each, for images in [-1, 1].
+
+    Chroma PSNR uses the mean of (dCb^2 + dCr^2) / 2 over the image: grey reconstructions of colourful images
+    score low here even when their luma (and so their shapes) is right.
+    """
+    a, b = ycbcr(reconstruction), ycbcr(original)  # (B, 3, h, w)
+    se = (a - b).double() ** 2
+    mse_y = se[:, 0].mean(dim=(1, 2))  # (B,)
+    mse_c = se[:, 1:].mean(dim=(1, 2, 3))  # (B,): the mean of dCb^2 and dCr^2
+    to_db = lambda mse: 10 * torch.log10(1.0 / mse.clamp_min(1e-12))  # noqa: E731
+    return to_db(mse_y).float(), to_db(mse_c).float()
 
 
 class CodeUsage:
