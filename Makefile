@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with everything the project needs
 
-demo: $(STAMP)  ## the main job: train tiny DualToken on the bundled data, write checkpoint, grids, metrics
-	$(PY) -m dualtoken_lite.train --preset tiny --out runs/demo
+demo: $(STAMP)  ## the main job: train tiny DualToken on the bundled data (again: continue it or report it)
+	$(PY) -m dualtoken_lite.train --preset tiny --out runs/demo --resume auto
 
 test: lint unit notebooks  ## everything CI runs (the notebook-pairing check is a unit test)
 

@@ -2,7 +2,8 @@
 
 import sys
 
+from dualtoken_lite.settings import run_cli
 from dualtoken_lite.tools.evaluate import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

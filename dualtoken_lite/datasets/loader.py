@@ -45,9 +45,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dualtoken_lite.datasets.images import BadImageError, build_transform, decode_image
 from dualtoken_lite.datasets.sources import Ref, Source, read_bytes, resolve_source
+from dualtoken_lite.settings import UserError
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_SKIPS = 10  # bad samples logged per worker and epoch (all are counted)
+
+
+class DataError(UserError, ValueError):
+    """The data cannot feed training (no full batch in an epoch); the message names the data and the counts."""
 
 
 class SkipCounter:
@@ -273,6 +278,16 @@ class Loader:
     def __len__(self) -> int:
         """Batches in the current epoch, counted from batch 0."""
         return self.stream.num_batches(self.stream.epoch)
+
+    def describe(self) -> str:
+        """What this rank's epoch holds, for error messages: the data, raw samples, bad ones, the batch size."""
+        stream = self.stream
+        raw = stream.rank_length(stream.epoch)
+        raw = sum(1 for _ in stream.rank_refs(stream.epoch)) if raw is None else raw
+        bad = f", {self.skips.total} of them skipped as bad ({self.skips.as_dict()})" if self.skips.total else ""
+        rank = f" on rank {stream.rank} of {stream.world_size}" if stream.world_size > 1 else ""
+        return (f"{stream.source.name!r} gives {raw} samples per epoch{rank}{bad}, and a batch needs "
+                f"{stream.batch_size} good ones")
 
     def __iter__(self) -> Iterator[dict]:
         self.skips = SkipCounter()

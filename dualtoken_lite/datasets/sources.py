@@ -29,9 +29,15 @@ from typing import NamedTuple
 from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
+from dualtoken_lite.settings import MissingFile, UserError
+
 SHARD_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # image members of a shard sample, in order of preference
 FOLDER_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 LABEL_EXT = "cls"  # the WebDataset convention for an integer class label
+
+
+class DataSourceError(UserError, ValueError):
+    """A data source exists but cannot be read as shards or an image folder; the message says why."""
 
 
 class Ref(NamedTuple):
@@ -66,7 +72,7 @@ def resolve_source(source: str | os.PathLike | list | tuple) -> Source:
     """Turn what the user passed into a Source; a clear error naming any path that does not exist."""
     if isinstance(source, (list, tuple)):
         if not source:
-            raise ValueError("the data source is an empty list; pass shard paths or a folder")
+            raise DataSourceError("the data source is an empty list; pass shard paths or a folder")
         return Source("shards", [p for item in source for p in expand_shards(os.fspath(item))], str(source))
     text = os.fspath(source)
     if os.path.isdir(text):
@@ -74,9 +80,9 @@ def resolve_source(source: str | os.PathLike | list | tuple) -> Source:
     if "{" in text or "::" in text or text.endswith(".tar"):
         return Source("shards", expand_shards(text), text)
     if os.path.exists(text):
-        raise ValueError(f"data source {text!r} is neither a folder nor a .tar shard; pass a folder of images, "
+        raise DataSourceError(f"data source {text!r} is neither a folder nor a .tar shard; pass a folder of images, "
                          "a .tar shard, or a brace pattern like 'data/train-{0000..0009}.tar'")
-    raise FileNotFoundError(f"data source {text!r} does not exist; pass an existing folder, .tar shard or "
+    raise MissingFile(f"data source {text!r} does not exist; pass an existing folder, .tar shard or "
                             "brace pattern of shards")
 
 
@@ -86,11 +92,11 @@ def expand_shards(pattern: str) -> list[str]:
     missing = [p for p in paths if not os.path.isfile(p)]
     if not paths or missing:
         shown = ", ".join(repr(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise FileNotFoundError(f"shard pattern {pattern!r}: {len(missing)} of {len(paths)} shards do not exist "
+        raise MissingFile(f"shard pattern {pattern!r}: {len(missing)} of {len(paths)} shards do not exist "
                                 f"({shown or 'the pattern expands to nothing'}); check the path and the range")
     for p in paths:
         if p.endswith((".gz", ".bz2", ".xz", ".zst")):
-            raise ValueError(f"shard {p!r} is compressed; dualtoken_lite reads plain .tar shards (images inside "
+            raise DataSourceError(f"shard {p!r} is compressed; dualtoken_lite reads plain .tar shards (images inside "
                              "are compressed already): repack it with `tar` without compression")
     return paths
 
@@ -102,7 +108,7 @@ def list_folder(root: str) -> Source:
         dirnames.sort()
         files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(FOLDER_IMAGE_EXTS)]
     if not files:
-        raise FileNotFoundError(f"image folder {root!r} holds no images with extensions {FOLDER_IMAGE_EXTS}")
+        raise MissingFile(f"image folder {root!r} holds no images with extensions {FOLDER_IMAGE_EXTS}")
     tops = [os.path.relpath(f, root).split(os.sep) for f in files]
     classes = labels = None
     if all(len(parts) > 1 for parts in tops):  # every image sits inside a first-level subfolder: its class
@@ -151,7 +157,7 @@ def read_shard(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """
     samples, error = scan_shard(path)
     if error is not None:
-        raise ValueError(f"shard {path!r} is damaged ({error}); rewrite it")
+        raise DataSourceError(f"shard {path!r} is damaged ({error}); rewrite it")
     for key, members in samples:
         yield key, {ext: read_bytes(path, offset, size) for ext, (offset, size) in members.items()}
 

@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dualtoken_lite.settings import UserError
+
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's port of the TF Inception-v3
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
 
 
-class MetricUnavailable(RuntimeError):
+class MetricUnavailable(UserError, RuntimeError):
     """A requested metric needs a package or weights that are not on this machine; the message says which."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dualtoken_lite.settings import ConfigError
+from dualtoken_lite.settings import ConfigError, require_finite
 
 
 @dataclass
@@ -53,6 +53,10 @@ class LossConfig:
 
 def validate_loss_config(cfg: LossConfig) -> LossConfig:
     """Check a loss config before training; raise ValueError naming the field, the value and the fix."""
+    require_finite(cfg)
+    if cfg.disc_lr <= 0 or cfg.disc_min_lr < 0 or cfg.disc_warmup_epochs < 0 or cfg.disc_hinge_slope < 0:
+        raise ConfigError(f"disc_lr={cfg.disc_lr} must be > 0; disc_min_lr={cfg.disc_min_lr}, disc_warmup_epochs="
+                          f"{cfg.disc_warmup_epochs} and disc_hinge_slope={cfg.disc_hinge_slope} >= 0")
     if cfg.recon_kind not in ("mse", "l1"):
         raise ConfigError(f"recon_kind={cfg.recon_kind!r} must be 'mse' (paper) or 'l1'")
     for name in ("recon_weight", "perceptual_weight", "commit_pixel_weight", "commit_semantic_weight",

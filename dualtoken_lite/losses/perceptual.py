@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dualtoken_lite.settings import MissingFile
+
 VGG16_FILENAME = "vgg16-397923af.pth"  # torchvision's VGG16_Weights.IMAGENET1K_V1 file name
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"  # for the user to fetch by hand
 VGG16_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))  # lpips' slice1..5 over vgg16.features indices
@@ -30,7 +32,7 @@ LABEL_REAL = "lpips-vgg"
 LABEL_RANDOM = "lpips-vgg(random backbone)"
 
 
-class PerceptualWeightsMissing(FileNotFoundError):
+class PerceptualWeightsMissing(MissingFile):
     """The VGG16 ImageNet weights LPIPS needs are not on this machine (and no random backbone was allowed)."""
 
 

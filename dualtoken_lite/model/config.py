@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dualtoken_lite.quantizers.residual import QuantizerConfig, validate_quantizer
-from dualtoken_lite.settings import ConfigError
+from dualtoken_lite.settings import ConfigError, require_finite
 
 
 @dataclass
@@ -62,7 +62,18 @@ class ModelConfig:
 
 def validate(cfg: ModelConfig) -> ModelConfig:
     """Check a model config before anything is built; raise ConfigError naming the value and the fix."""
+    require_finite(cfg)
     b = cfg.backbone
+    for name in ("image_size", "patch_size", "width", "layers", "heads"):
+        if getattr(b, name) < 1:
+            raise ConfigError(f"backbone.{name}={getattr(b, name)} must be >= 1")
+    if b.mlp_ratio <= 0 or cfg.proj_head_dim < 1 or cfg.decoder_channels < 1 or cfg.decoder_in_channels < 1:
+        raise ConfigError(f"backbone.mlp_ratio={b.mlp_ratio}, proj_head_dim={cfg.proj_head_dim}, decoder_channels="
+                          f"{cfg.decoder_channels} and decoder_in_channels={cfg.decoder_in_channels} must be > 0")
+    if cfg.decoder_res_blocks < 0 or cfg.decoder_latent_grid < 1 or not cfg.decoder_channel_mult or \
+            min(cfg.decoder_channel_mult) < 1:
+        raise ConfigError(f"decoder_res_blocks={cfg.decoder_res_blocks} must be >= 0, decoder_latent_grid="
+                          f"{cfg.decoder_latent_grid} >= 1, decoder_channel_mult={cfg.decoder_channel_mult} positive")
     # SigLIP So400m/14 at 384 px is the one published exception: its stride-14 patch conv floors 384/14 to 27.
     if b.image_size % b.patch_size and b.arch == "tiny":
         raise ConfigError(

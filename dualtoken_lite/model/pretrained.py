@@ -17,10 +17,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dualtoken_lite.model.config import ModelConfig
-from dualtoken_lite.settings import from_dict, to_dict
+from dualtoken_lite.settings import ConfigError, UserError, from_dict, to_dict
 
 FORMAT = "dualtoken_lite"
 FORMAT_VERSION = 1  # bump when the tensor names or the config layout change incompatibly
@@ -28,7 +29,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint folder is missing, from another format, or does not match the model it describes."""
 
 
@@ -43,12 +44,40 @@ def save_pretrained(model, directory: str | Path) -> Path:
     return directory
 
 
+def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged, truncated or empty file is a CheckpointError naming it."""
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} cannot be read as safetensors ({err}); the file is damaged or truncated: "
+                              "copy or save it again") from None
+
+
+def match_dtypes(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str
+                 ) -> dict[str, torch.Tensor]:
+    """Float tensors of another float dtype (float64, float16, bfloat16) are cast to the model's; a float where
+    the model keeps integers (or the reverse) is refused."""
+    out = {}
+    for name, tensor in found.items():
+        want = expected[name].dtype
+        if tensor.dtype != want:
+            if not (tensor.is_floating_point() and torch.empty((), dtype=want).is_floating_point()):
+                raise CheckpointError(f"{source}: tensor {name} has dtype {tensor.dtype}, the model keeps {want}; "
+                                      "the file was not written by save_pretrained")
+            tensor = tensor.to(want)
+        out[name] = tensor
+    return out
+
+
 def load_config(directory: str | Path) -> ModelConfig:
     """The ModelConfig stored in a checkpoint folder, after checking the format and its version."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path} not found: {directory} is not a checkpoint folder written by save_pretrained")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); restore it or save the model again") from None
     if config.get("format") != FORMAT or not isinstance(config.get("format_version"), int):
         raise CheckpointError(f"{path} is not a {FORMAT} config (format={config.get('format')!r})")
     if config["format_version"] > FORMAT_VERSION:
@@ -56,7 +85,10 @@ def load_config(directory: str | Path) -> ModelConfig:
             f"{path} has format_version {config['format_version']}, newer than this code's {FORMAT_VERSION}; "
             "update dualtoken_lite"
         )
-    return from_dict(ModelConfig, config["model"])
+    try:
+        return from_dict(ModelConfig, config["model"], "model")
+    except (ConfigError, KeyError) as err:
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 def _listing(keys: list[str], limit: int = 10) -> str:
@@ -90,13 +122,14 @@ def load_pretrained(model_class: type, directory: str | Path, device: str | torc
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{weights} not found next to {CONFIG_NAME}")
-    state = load_file(str(weights), device=str(device))
+    state = read_weights(weights, device)
     start = cfg.backbone.pretrained
     cfg.backbone.pretrained = None  # the starting weights are in the file: do not fetch them again
     with torch.device("meta"):
         model = model_class(cfg)
     model.cfg.backbone.pretrained = start  # keep the provenance in the config
     check_state_dict(model.state_dict(), state, str(weights))
+    state = match_dtypes(model.state_dict(), state, str(weights))
     model.load_state_dict(state, strict=True, assign=True)
     still_meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if still_meta:  # a tensor outside the state dict (non-persistent) would be left uninitialised

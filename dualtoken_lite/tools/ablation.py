@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from dualtoken_lite.settings import to_dict
+from dualtoken_lite.settings import ConfigError, to_dict
 from dualtoken_lite.training.arguments import load_run_config, parse_args
 from dualtoken_lite.training.loop import run
 
@@ -90,7 +90,8 @@ def train_one(args: list[str]) -> dict:
     """Train (or reuse) one run and return its held-out figures (summary["eval"])."""
     cfg = parse_args(args)
     if not cfg.eval_data:
-        raise ValueError("the ablation compares held-out figures: give --eval-data (default tinyworld-eval)")
+        raise ConfigError("the ablation compares held-out figures: give --eval-data (default tinyworld-eval)")
+    cfg.overwrite = True  # a run of the same config is reused above; anything else in its folder is stale
     summary = finished_summary(Path(cfg.out), cfg) or run(cfg)
     return summary["eval"]
 
@@ -148,16 +149,16 @@ def run_ablation(steps: int, seeds: list[int], out: str | Path, extra: list[str]
                  variants: list[str] | None = None, log=print) -> dict[str, dict]:
     """Train every (variant, seed) on one budget; write OUT/ablation.json and OUT/ablation.md; return the table."""
     if steps < 1:
-        raise ValueError(f"--steps {steps}: give at least 1 optimizer step per run")
+        raise ConfigError(f"--steps {steps}: give at least 1 optimizer step per run")
     if not seeds:
-        raise ValueError("--seeds: give at least one seed (two or more to see the spread)")
+        raise ConfigError("--seeds: give at least one seed (two or more to see the spread)")
     keys = variants or list(VARIANTS)
     unknown = [k for k in keys if k not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        raise ConfigError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     fixed = sorted({a.split("=")[0] for a in extra or []} & RESERVED)
     if fixed:
-        raise ValueError(f"{fixed} would break the one budget; the ablation sets them (use --steps / --seeds / --out)")
+        raise ConfigError(f"{fixed} would break the one budget; the ablation sets them (use --steps / --seeds / --out)")
     out = Path(out)
     per_seed: dict[str, dict[int, dict]] = {}
     for key in keys:

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from dualtoken_lite.datasets.images import preprocess, to_pil
 from dualtoken_lite.datasets.sources import expand_shards, read_shard
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence, to_lm_sequence
+from dualtoken_lite.settings import UserError, run_cli
 from dualtoken_lite.tools.common import batched, iter_images, load_tokenizer, output_stem, pick_device
 
 
@@ -61,7 +62,7 @@ def encode_inputs(model, inputs: list[str], batch_size: int = 32, progress: bool
         bar.update(len(chunk))
     bar.close()
     if not names:
-        raise ValueError(f"no image could be read from {inputs}: " + "; ".join(f"{n}: {r}" for n, r in failed[:3]))
+        raise CodesFileError(f"no image could be read from {inputs}: " + "; ".join(f"{n}: {r}" for n, r in failed[:3]))
     return names, torch.cat(pixel), torch.cat(semantic) if semantic else None, failed
 
 
@@ -82,7 +83,7 @@ def save_codes(path: str | Path, names: list[str], pixel: Tensor, semantic: Tens
         return [path]
     if path.suffix == ".tar":
         return _write_shards(path, names, pixel, semantic, tokens, layout, shard_size)
-    raise ValueError(f"--out {str(path)!r}: the file type must be .safetensors, .npy or .tar")
+    raise CodesFileError(f"--out {str(path)!r}: the file type must be .safetensors, .npy or .tar")
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -122,24 +123,43 @@ def load_codes(path: str | Path, layout: TokenLayout) -> tuple[list[str], Tensor
         with safe_open(text, framework="pt") as f:
             meta, keys = f.metadata() or {}, set(f.keys())
             if "pixel_codes" not in keys:
-                raise ValueError(f"{text} holds no pixel_codes: was it written by `dualtoken_lite.tokens encode`?")
+                raise CodesFileError(f"{text} holds no pixel_codes: was it written by `dualtoken_lite.tokens encode`?")
             stored = json.loads(meta.get("layout", "null"))
             if stored is not None and not same_codes(TokenLayout(**stored), layout):
-                raise ValueError(f"{text} was written with layout {stored}, but the checkpoint has {asdict(layout)}; "
+                raise CodesFileError(f"{text} was written with layout {stored}, but the checkpoint has {asdict(layout)}; "
                                  "decode it with the checkpoint that encoded it")
-            pixel = f.get_tensor("pixel_codes").long()
-            semantic = f.get_tensor("semantic_codes").long() if "semantic_codes" in keys else None
+            pixel = integer_codes(f.get_tensor("pixel_codes"), "pixel_codes", text)
+            semantic = integer_codes(f.get_tensor("semantic_codes"), "semantic_codes", text) \
+                if "semantic_codes" in keys else None
         names = json.loads(meta.get("names", "null")) or [f"{i:08d}" for i in range(len(pixel))]
+        if not isinstance(names, list) or len(names) != len(pixel):
+            raise CodesFileError(f"{text}: its 'names' metadata lists {len(names) if isinstance(names, list) else names!r}"
+                                 f" names for {len(pixel)} code maps; the file is damaged (re-encode the images)")
+        if semantic is not None and len(semantic) != len(pixel):
+            raise CodesFileError(f"{text}: {len(pixel)} pixel code maps but {len(semantic)} semantic ones")
         return names, pixel, semantic
     if text.endswith(".npy"):
-        tokens = torch.from_numpy(np.load(text))
+        tokens = integer_codes(torch.from_numpy(np.load(text)), "lm_tokens", text)
         wrapped = replace(layout, specials=True)  # the file says whether it holds <boi>/<eoi>: by its length
         pixel, semantic = from_lm_sequence(tokens, wrapped if tokens.shape[-1] == wrapped.length else
                                            replace(layout, specials=False))
         return [f"{i:08d}" for i in range(len(pixel))], pixel, semantic
     if text.endswith(".tar") or "{" in text:
         return _read_shards(text, layout)
-    raise ValueError(f"{text!r}: expected a .safetensors, .npy or .tar file written by `dualtoken_lite.tokens encode`")
+    raise CodesFileError(f"{text!r}: expected a .safetensors, .npy or .tar file written by "
+                         "`dualtoken_lite.tokens encode`")
+
+
+class CodesFileError(UserError, ValueError):
+    """A codes file is not what ``tokens encode`` writes: the message names the field and what was found."""
+
+
+def integer_codes(codes: Tensor, field: str, source: str) -> Tensor:
+    """Codes as int64; float or bool codes are refused (truncating them would decode invented data)."""
+    if codes.dtype == torch.bool or codes.is_floating_point() or codes.is_complex():
+        raise CodesFileError(f"{source}: {field} has dtype {codes.dtype}; codes are integers (int32 or int64 as "
+                             "written by `tokens encode`)")
+    return codes.long()
 
 
 def _read_shards(pattern: str, layout: TokenLayout) -> tuple[list[str], Tensor, Tensor | None]:
@@ -147,15 +167,20 @@ def _read_shards(pattern: str, layout: TokenLayout) -> tuple[list[str], Tensor, 
     names, pixel, semantic = [], [], []
     for key in sorted(samples):
         s = samples[key]
+        missing = [m for m in ("json", "pixel.npy") if m not in s]
+        if missing:
+            raise CodesFileError(f"sample {key} of {pattern} has no {' or '.join(missing)} member; "
+                                 "shards written by `tokens encode` hold KEY.json and KEY.pixel.npy per image")
         info = json.loads(s["json"])
         if not same_codes(TokenLayout(**info["layout"]), layout):
-            raise ValueError(f"sample {key} of {pattern} was written with another layout; use its checkpoint")
+            raise CodesFileError(f"sample {key} of {pattern} was written with another layout; use its checkpoint")
         names.append(info["name"])
-        pixel.append(torch.from_numpy(np.load(io.BytesIO(s["pixel.npy"]))).long())
+        pixel.append(integer_codes(torch.from_numpy(np.load(io.BytesIO(s["pixel.npy"]))), "pixel.npy", key))
         if "semantic.npy" in s:
-            semantic.append(torch.from_numpy(np.load(io.BytesIO(s["semantic.npy"]))).long())
+            semantic.append(integer_codes(torch.from_numpy(np.load(io.BytesIO(s["semantic.npy"]))), "semantic.npy",
+                                          key))
     if not names:
-        raise ValueError(f"no samples in {pattern}")
+        raise CodesFileError(f"no samples in {pattern}")
     return names, torch.stack(pixel), torch.stack(semantic) if semantic else None
 
 
@@ -196,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{layout.length} tokens each, vocabulary {layout.vocab_size}")
         return 1 if failed else 0
     names, pixel, _ = load_codes(args.codes, layout)
+    try:  # the right shape for this model's grid and depth, ids inside its codebook
+        model.check_codes(pixel, model.pixel_quantizer, "pixel_codes")
+    except ValueError as err:
+        raise CodesFileError(f"{args.codes}: {err}; decode it with the checkpoint that encoded it") from None
     images = decode_codes(model, pixel, args.batch_size)
     out, taken = Path(args.out), set()
     out.mkdir(parents=True, exist_ok=True)
@@ -206,4 +235,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+from dualtoken_lite.losses import config as loss_config
 from dualtoken_lite.losses.config import LossConfig
+from dualtoken_lite.model import config as model_config
 from dualtoken_lite.model.config import ModelConfig
 from dualtoken_lite.presets import preset as named_preset
+from dualtoken_lite.quantizers import residual
 from dualtoken_lite.settings import ConfigError, from_dict
+from dualtoken_lite.training import config as train_config
 from dualtoken_lite.training.config import TrainConfig, validate_train
 
 # The original release's command-line flags (docs/method.md §4) -> our field names.
@@ -88,16 +94,27 @@ def set_field(cfg: TrainConfig, dotted: str, text: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Preset + overrides (ours or the release's flags) -> a validated TrainConfig."""
+    return parse_command_line(argv)[0]
+
+
+def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, set[str]]:
+    """Preset + overrides -> (a validated TrainConfig, the dotted names of the fields the command line set)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=None)
     pre.add_argument("--model", default=None)  # the release's name for the preset
+    pre.add_argument("-h", "--help", action="store_true")
     known, rest = pre.parse_known_args(argv)
+    if known.help:
+        print(field_help())
+        raise SystemExit(0)
     preset = known.preset or RELEASE_MODELS.get(known.model or "", known.model) or "tiny"
     cfg = named_preset(preset)
     pairs = _pairs(rest)
     save_every_epochs = None
+    given = {"preset"} if known.preset or known.model else set()
     for flag, value in pairs:
-        dotted = RELEASE_FLAGS.get(flag, flag[2:])
+        dotted = RELEASE_FLAGS.get(flag, flag[2:]).replace("-", "_")
+        given.add("save_every" if dotted == "save_every_epochs" else dotted)
         if dotted == "dataset_type":
             if value not in ("webdataset", "folder", "tinyworld"):
                 raise ConfigError(f"--dataset-type={value!r}: use webdataset, folder or tinyworld")
@@ -110,7 +127,31 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         set_field(cfg, dotted, value)
     if save_every_epochs is not None:
         cfg.save_every = -save_every_epochs  # negative = in epochs; resolved once steps_per_epoch is known
-    return validate_train(cfg)
+    return validate_train(cfg), given - {"dataset_type"}
+
+
+def field_help() -> str:
+    """Every flag with its default and the comment its dataclass field carries (the config files are the docs)."""
+    comments = {}
+    for module in (train_config, model_config, loss_config, residual):
+        for name, comment in re.findall(r"^    (\w+): [^=\n]+= .*?  # (.*)$", inspect.getsource(module), re.M):
+            comments.setdefault(name, comment)
+
+    def walk(obj, prefix: str) -> list[str]:
+        lines = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                lines += walk(value, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  --{prefix}{f.name} {value!r}".ljust(48) + f" {comments.get(f.name, '')}")
+        return lines
+
+    head = ("usage: python -m dualtoken_lite.train [--preset NAME] [--FIELD VALUE ...]\n\n"
+            "Presets: tiny (default), so400m-384, so400m-256. Every field below is a flag (dashes or underscores);\n"
+            "the values shown are the tiny preset's. The original release's flags work too: "
+            + " ".join(RELEASE_FLAGS) + ".\n")
+    return head + "\n".join(walk(named_preset("tiny"), ""))
 
 
 def _pairs(rest: list[str]) -> list[tuple[str, str]]:

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from dualtoken_lite.model.pretrained import WEIGHTS_NAME, check_state_dict
+from dualtoken_lite.model.pretrained import WEIGHTS_NAME, CheckpointError, check_state_dict, read_weights
+from dualtoken_lite.settings import MissingFile
 
 STATE_FORMAT_VERSION = 1
 STATE_FILE = "training_state.pt"
@@ -73,7 +73,7 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     with open(tmp, "rb") as f:
@@ -106,7 +106,7 @@ def save_checkpoint(
     if final.exists():  # the same step saved again (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _atomic_write_text(root / LATEST_FILE, final.name + "\n")
+    atomic_write_text(root / LATEST_FILE, final.name + "\n")
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-*"):  # leftovers of a process killed mid-write
@@ -139,11 +139,15 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
     """Read a checkpoint's training_state.pt with ``weights_only=True`` (never runs code from the file)."""
     path = Path(folder) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {STATE_FILE} in {folder}: is it a checkpoint folder (checkpoints/step_*)?")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingFile(f"no {STATE_FILE} in {folder}: is it a checkpoint folder (checkpoints/step_*)?")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as err:  # a truncated file or one holding code
+        raise CheckpointError(f"{path} cannot be loaded safely ({type(err).__name__}: {str(err)[:200]}); resume "
+                              "from an earlier checkpoint (checkpoints/step_*)") from None
     version = state.get("format_version")
     if version != STATE_FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} has training-state format version {version}; this dualtoken_lite reads "
             f"version {STATE_FORMAT_VERSION}"
         )
@@ -165,14 +169,14 @@ def resume_point(resume: str | None, out: str | Path) -> Path | None:
         return folder
     found = latest_checkpoint(folder / "checkpoints")
     if found is None:
-        raise FileNotFoundError(f"--resume {resume}: no checkpoint there (expected checkpoints/step_*)")
+        raise MissingFile(f"--resume {resume}: no checkpoint there (expected checkpoints/step_*)")
     return found
 
 
 def resume(trainer, folder: str | Path) -> None:
     """Continue ``trainer`` from a checkpoint folder: the model's weights (strict), then its training state."""
     folder = Path(folder)
-    weights = load_file(str(folder / WEIGHTS_NAME))
+    weights = read_weights(folder / WEIGHTS_NAME)
     check_state_dict(trainer.model.state_dict(), weights, str(folder))
     trainer.model.load_state_dict(weights, strict=True)
     trainer.load_state_dict(load_training_state(folder))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from dualtoken_lite.losses.config import LossConfig, validate_loss_config
 from dualtoken_lite.model.config import ModelConfig, validate
-from dualtoken_lite.settings import ConfigError
+from dualtoken_lite.settings import ConfigError, require_finite
 
 
 @dataclass
@@ -43,6 +43,7 @@ class TrainConfig:
     #                           (a frozen copy of the tower as built, e.g. pretrained SigLIP) or a teacher folder
     init_from: str | None = None  # start a new run from a model folder's weights (fresh optimizers): stage 1 -> 2
     resume: str | None = None  # continue a run: its folder, a checkpoints/step_* folder, or "auto" (= --out if any)
+    overwrite: bool = False  # replace the run already in --out (without it, a start refuses to touch an existing run)
     seed: int = 0  # seeds python, numpy and torch on every rank (data order is derived from it too)
     deterministic: bool = False  # torch.use_deterministic_algorithms; with it, a resumed run equals an unbroken one
     device: str = "auto"  # "auto" (CUDA if available), "cpu" or "cuda"
@@ -62,6 +63,7 @@ class TrainConfig:
 
 def validate_train(cfg: TrainConfig) -> TrainConfig:
     """Check a run's config before any data is read; raise ConfigError naming the value and the fix."""
+    require_finite(cfg)  # --lr inf, --beta1 nan, ... anywhere in the run, the model or the losses
     validate(cfg.model)
     validate_loss_config(cfg.loss)
     positive = ("batch_size", "grad_accum", "epochs", "log_every", "keep_checkpoints", "eval_samples")
@@ -72,6 +74,13 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"max_steps={cfg.max_steps} must be >= 1 (or None to run epochs)")
     if not cfg.lr > 0:
         raise ConfigError(f"lr={cfg.lr} must be > 0")
+    if cfg.adam_eps <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
+        raise ConfigError(f"adam_eps={cfg.adam_eps} must be > 0 and min_lr_ratio={cfg.min_lr_ratio} in [0, 1]")
+    for name in ("image_every", "eval_every", "workers", "seed"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 0 (0 = never / none)")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads={cfg.threads} must be >= 1 (or leave it unset for torch's default)")
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must lie in [0, 1)")

@@ -65,11 +65,36 @@ def barrier() -> None:
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """The sum of ``x`` over all ranks (a copy)."""
-    y = x.detach().clone()
-    if dist.is_initialized():
-        dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y
+    """The sum of ``x`` over all ranks (a copy, on ``x``'s device)."""
+    if not dist.is_initialized():
+        return x.detach().clone()
+    y = x.detach().clone().to(_collective_device())
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y.to(x.device)
+
+
+def _collective_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo reduces CPU tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_ok(ok: bool) -> bool:
+    """True when ``ok`` holds on every rank (a collective: call it on every rank). One rank's failure then stops
+    every rank together, instead of leaving the others waiting in the next collective forever."""
+    if not dist.is_initialized():
+        return ok
+    flag = torch.tensor(1.0 if ok else 0.0, device=_collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (decisions such as resume or refuse are made once, on rank 0)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 @torch.no_grad()

@@ -27,10 +27,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from dualtoken_lite.datasets.loader import DataError
 from dualtoken_lite.settings import to_dict
 from dualtoken_lite.training import distributed as dist_utils
-from dualtoken_lite.training.arguments import parse_args
-from dualtoken_lite.training.checkpoints import resume_point, save_checkpoint
+from dualtoken_lite.training.arguments import parse_command_line
+from dualtoken_lite.training.checkpoints import atomic_write_text, save_checkpoint
 from dualtoken_lite.training.config import TrainConfig
 from dualtoken_lite.training.logs import (
     MetricsLogger,
@@ -39,6 +40,7 @@ from dualtoken_lite.training.logs import (
     truncate_metrics,
     write_summary,
 )
+from dualtoken_lite.training.run_folder import Plan, RunFolderError, check_writable, clear_run, plan_start
 from dualtoken_lite.training.setup import build_trainer
 from dualtoken_lite.training.steps import Trainer
 
@@ -61,6 +63,15 @@ class RunHooks:
             hook(*args)
 
 
+def check_finite_weights(model: torch.nn.Module, step: int) -> None:
+    """Refuse to save non-finite weights: a model, checkpoint or summary is only ever written from finite ones."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"{len(bad)} tensors hold NaN or inf after step {step} (e.g. {bad[:3]}). Stopped without saving; the "
+            "last good checkpoint is intact (lower --lr, check the data, or resume from it with --resume)")
+
+
 def _check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
     bad = {k: float(v) for k, v in losses.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()}
     if bad:
@@ -70,18 +81,49 @@ def _check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
         )
 
 
-def run(cfg: TrainConfig, hooks: RunHooks | None = None) -> dict:
-    """Train according to ``cfg`` (already validated) and return the final summary (rank 0)."""
+def decide(cfg: TrainConfig, given: set[str] | None, world) -> Plan:
+    """What this start does with --out (training.run_folder), decided on rank 0 and shared with every rank."""
+    plan: Plan | Exception | None = None
+    if world.is_main:
+        try:
+            check_writable(Path(cfg.out))
+            plan = plan_start(cfg, given)
+        except RunFolderError as err:
+            plan = err
+    plan = dist_utils.broadcast_object(plan)
+    if isinstance(plan, Exception):
+        raise plan
+    return plan
+
+
+def run(cfg: TrainConfig, hooks: RunHooks | None = None, given: set[str] | None = None) -> dict:
+    """Train according to ``cfg`` (already validated) and return the final summary (rank 0).
+
+    ``given``: the fields the command line set, which a resume compares with the run's saved config (None: all).
+    """
     hooks = hooks or RunHooks()
-    point = resume_point(cfg.resume, cfg.out)
-    cfg.resume = str(point) if point is not None else None
     world = dist_utils.setup(cfg.device)
+    plan = decide(cfg, given, world)
+    cfg = plan.cfg
+    run_dir = Path(cfg.out)
+    if plan.action == "finished":
+        if world.is_main:
+            print(f"{run_dir} holds a finished run (step {plan.summary.get('step')}): nothing to train. Its "
+                  f"summary is {run_dir / 'summary.json'}; --max-steps N continues it, --overwrite starts over.",
+                  file=sys.stderr)
+        dist_utils.teardown()
+        return {**plan.summary, "already_finished": True} if world.is_main else {}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run_dir = Path(cfg.out)
     if world.is_main:
+        if plan.action == "new" and cfg.overwrite:
+            clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        if plan.action == "new" or plan.changed:  # a resumed run keeps its saved config, plus allowed changes
+            atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
+        for name, (before, now) in (plan.changed or {}).items():
+            print(f"resume: {name} changed from {before!r} to {now!r}", file=sys.stderr)
+    dist_utils.barrier()
     tr: Trainer = build_trainer(cfg, world)
     find_unused = cfg.model.semantic_layer is None or cfg.stage == 2  # branches without a gradient
     model = DDP(tr.model, find_unused_parameters=find_unused) if world.distributed else tr.model
@@ -94,7 +136,13 @@ def run(cfg: TrainConfig, hooks: RunHooks | None = None) -> dict:
     while tr.step < tr.total_steps:
         step = tr.step
         tr.refresh_discriminator()
-        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        micro, failure = [], None
+        try:
+            micro = [next(batches) for _ in range(cfg.grad_accum)]
+        except DataError as err:
+            failure = err
+        if not dist_utils.all_ok(failure is None):  # one rank out of data stops them all, none hangs
+            raise failure or DataError(f"another rank ran out of training data at step {step + 1}")
         losses, last = {}, None
         for i, batch in enumerate(micro):
             sync = contextlib.nullcontext() if (i == len(micro) - 1 or not world.distributed) else model.no_sync()
@@ -128,9 +176,11 @@ def run(cfg: TrainConfig, hooks: RunHooks | None = None) -> dict:
         _save(tr, run_dir, world, hooks)
     summary = {}
     identical = dist_utils.same_across_ranks(tr.model)  # DDP + all-reduced codebooks keep the ranks equal
+    skipped = tr.skipped_samples()  # a collective: every rank takes part
     if world.is_main:
+        check_finite_weights(tr.model, tr.step)
         tr.model.save_pretrained(run_dir / "model")
-        summary = {**tr.final_summary(), "world_size": world.world_size, "ranks_identical": identical}
+        summary = {**tr.final_summary(skipped), "world_size": world.world_size, "ranks_identical": identical}
         if summary.get("eval"):
             logger.log(tr.step, {"eval": summary["eval"]})
         write_summary(run_dir, summary)
@@ -143,21 +193,23 @@ def run(cfg: TrainConfig, hooks: RunHooks | None = None) -> dict:
 def _save(tr: Trainer, run_dir: Path, world, hooks: RunHooks) -> None:
     """Rank 0 writes the checkpoint atomically; the others wait so nobody runs ahead of a half-written one."""
     if world.is_main:
+        check_finite_weights(tr.model, tr.step)
         save_checkpoint(run_dir / "checkpoints", tr.step, tr.model, tr.state_dict(), keep=tr.cfg.keep_checkpoints,
                         before_commit=lambda: hooks.call("before_checkpoint_commit", tr.step))
     dist_utils.barrier()
 
 
 def main(argv: list[str] | None = None, hooks: RunHooks | None = None) -> None:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg, given = parse_command_line(sys.argv[1:] if argv is None else argv)
     try:
-        summary = run(cfg, hooks)
+        summary = run(cfg, hooks, given)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(3)
     if summary:
         print(json.dumps(summary.get("eval", summary), indent=2))
-        print(f"wrote {cfg.out}/ (model/, checkpoints/, images/, metrics.jsonl, summary.json)")
+        if not summary.get("already_finished"):
+            print(f"wrote {cfg.out}/ (model/, checkpoints/, images/, metrics.jsonl, summary.json)")
 
 
 if __name__ == "__main__":

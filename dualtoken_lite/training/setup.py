@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dualtoken_lite.datasets.loader import build_loader
+from dualtoken_lite.datasets.loader import DataError, build_loader
 from dualtoken_lite.losses.gan import GanSchedule
 from dualtoken_lite.losses.perceptual import build_perceptual
 from dualtoken_lite.losses.stages import apply_stage, get_stage, stage_train_mode
@@ -65,6 +65,10 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     loader = build_loader(source, cfg.model.backbone.image_size, cfg.batch_size, train=True,
                           num_workers=cfg.workers, seed=cfg.seed, rank=world.rank, world_size=world.world_size,
                           epoch_samples=cfg.train_num_samples)
+    if not dist_utils.all_ok(len(loader) > 0):  # every rank stops together, none waits in a collective
+        raise DataError(f"--train-data {cfg.train_data!r} cannot fill one batch"
+                        + (f": {loader.describe()}" if len(loader) == 0 else " on another rank")
+                        + "; give more data or a smaller --batch-size")
     steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     model = DualToken(cfg.model).to(world.device)

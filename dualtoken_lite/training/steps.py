@@ -11,13 +11,14 @@ The loop that calls these in order is ``training.loop``; checkpoints and resume 
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from dualtoken_lite.datasets.loader import build_loader
+from dualtoken_lite.datasets.loader import DataError, build_loader
 from dualtoken_lite.evaluation.loop import evaluate_codes
 from dualtoken_lite.evaluation.metrics import psnr
 from dualtoken_lite.losses.stages import get_stage, stage_train_mode
@@ -28,6 +29,8 @@ from dualtoken_lite.training import distributed as dist_utils
 from dualtoken_lite.training.adversarial import Adversary
 from dualtoken_lite.training.checkpoints import capture_rng_state, restore_rng_state
 from dualtoken_lite.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,21 +52,36 @@ class Trainer:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # current data epoch
     batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    skipped_before: int = 0  # bad samples skipped by this rank in the epochs before the current one
     pending: list = field(default_factory=list)  # (images, detached reconstructions) of this step, for D
 
     # ------------------------------------------------------------------------------------------ data
     def batches(self):
-        """Micro-batches forever, epoch after epoch, starting at the saved data position."""
+        """Micro-batches forever, epoch after epoch, starting at the saved data position.
+
+        An epoch that yields no batch at all (every sample bad, or fewer good samples than one batch) raises
+        DataError instead of starting the next, equally empty, epoch forever.
+        """
         while True:
             self.loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            yielded = 0
             for batch in self.loader:
                 self.batch_in_epoch += 1
+                yielded += 1
                 yield batch
+            if yielded == 0 and self.batch_in_epoch == 0:
+                raise DataError(f"the training data gave no batch in epoch {self.epoch}: {self.loader.describe()}. "
+                                "Check the data (or lower --batch-size)")
+            if self.loader.skips.total:
+                log.warning("epoch %d skipped %d bad samples: %s", self.epoch, self.loader.skips.total,
+                            self.loader.skips.as_dict())
+            self.skipped_before += self.loader.skips.total
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
     def skipped_samples(self) -> int:
-        """Bad samples skipped so far, summed over ranks."""
-        return int(dist_utils.all_reduce_sum(torch.tensor(float(self.loader.skips.total))).item())
+        """Bad samples skipped in the whole run so far, summed over ranks."""
+        mine = float(self.skipped_before + self.loader.skips.total)
+        return int(dist_utils.all_reduce_sum(torch.tensor(mine)).item())
 
     # ------------------------------------------------------------------------------------ generator
     def gan_weight(self, step: int) -> float:
@@ -135,9 +153,10 @@ class Trainer:
         stage_train_mode(self.model, self.cfg.stage)
         return result
 
-    def final_summary(self) -> dict:
+    def final_summary(self, skipped: int) -> dict:
         gan = 1.0 if self.adversary is not None else 0.0
         return {"step": self.step, "preset": self.cfg.preset, "stage": self.cfg.stage,
+                "data_skipped": skipped,
                 "loss_terms": term_status(self.cfg.loss, self.cfg.stage, gan, self.perceptual),
                 "eval": self.evaluate() if self.cfg.eval_data else {}}
 
@@ -150,6 +169,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything but the model's weights that a resume needs (see training.checkpoints)."""
         state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": capture_rng_state(),
+                 "skipped_before": self.skipped_before,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
         if self.adversary is not None:
             state.update(self.adversary.state_dict())
@@ -158,6 +178,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Put back optimizers, discriminator, data position and, last, every random generator."""
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.skipped_before = state.get("skipped_before", 0)  # absent in checkpoints of older versions
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.adversary is not None:
