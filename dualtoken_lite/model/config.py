@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from dualtoken_lite.quantizers.residual import QuantizerConfig, validate_quantizer
 from dualtoken_lite.settings import ConfigError
 
+RANDOM_WEIGHTS = "random"  # backbone.pretrained value that asks for a randomly initialised tower on purpose
+
 
 @dataclass
 class BackboneConfig:
     """The SigLIP-style vision tower (a timm ``VisionTransformer`` trunk: no class token, MAP pooling head)."""
 
     arch: str = "tiny"  # "tiny" (built from the fields below) or an open_clip model name, e.g. "ViT-SO400M-14-SigLIP-384"
-    pretrained: str | None = None  # None = random init; an open_clip tag ("webli"); or a local weights file/folder
+    pretrained: str | None = None  # None or "random" = random init; an open_clip tag ("webli"); "hf:<repo id>" or a
+    #                                transformers SigLIP/SigLIP2 folder (model/hf_siglip.py); or a local weights file/folder
     image_size: int = 64  # input resolution in pixels (square)
     patch_size: int = 8  # ViT patch size; the token grid is image_size // patch_size on each side
     width: int = 128  # C, the transformer width
