@@ -56,6 +56,8 @@ class ModelConfig:
         default_factory=lambda: QuantizerConfig(depth=4, codebook_size=512)
     )
     proj_head_dim: int = 32  # head size inside the pre/post-quant AttnProjections (paper: 32 -> 36 heads)
+    proj_pool_heads: bool = False  # squeeze: average-pool the head_dim-wide head mean down to d before the output
+    #                                Linear (d -> d), as the release does when head_dim != d (its d = 256 tokenizer)
     decoder_latent_grid: int = 8  # the decoder's input grid after the bilinear resize (paper: 24)
     decoder_channels: int = 32  # base channels of the conv decoder (paper: 128); tiny keeps 64 px levels thin
     decoder_channel_mult: tuple[int, ...] = (4, 2, 1, 1)  # per level, lowest resolution first (paper: 8,4,4,1,1)
