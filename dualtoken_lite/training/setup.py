@@ -24,6 +24,7 @@ from dualtoken_lite.losses.stages import apply_stage, get_stage, stage_train_mod
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.hf_siglip import is_hf_spec, load_hf_trunk
 from dualtoken_lite.model.pretrained import check_state_dict
+from dualtoken_lite.model.release import model_from_release, read_release_checkpoint
 from dualtoken_lite.tinyworld.shards import resolve_data
 from dualtoken_lite.tinyworld.teacher import load_teacher
 from dualtoken_lite.training import distributed as dist_utils
@@ -61,6 +62,16 @@ def build_teacher(spec: str, model: DualToken | None) -> tuple[nn.Module, nn.Mod
     raise ValueError(f"teacher={spec!r}: use 'shipped' (tiny world), 'backbone' or a teacher folder")
 
 
+def load_start(spec: str, preset: str) -> DualToken:
+    """The weights a new run starts from: a model folder (ours), or a release checkpoint file (converted here)."""
+    if Path(spec).is_file():  # the release's --load_from takes its own checkpoint files
+        model, _, notes = model_from_release(read_release_checkpoint(spec), preset)
+        for note in notes:
+            print(f"note ({spec}): {note}")
+        return model
+    return DualToken.from_pretrained(spec)
+
+
 def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     """Assemble a run from its (validated) config; start from ``init_from`` or resume as the config asks."""
     seed_everything(cfg.seed)
@@ -75,7 +86,7 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     model = DualToken(cfg.model).to(world.device)
     teacher, head = build_teacher(cfg.teacher, model)
     if cfg.init_from:
-        start = DualToken.from_pretrained(cfg.init_from)
+        start = load_start(cfg.init_from, cfg.preset)
         check_state_dict(model.state_dict(), start.state_dict(), cfg.init_from)
         model.load_state_dict(start.state_dict(), strict=True)
     teacher, head = teacher.to(world.device), head.to(world.device) if head is not None else None
