@@ -41,7 +41,7 @@ from torch import Tensor
 
 from dualtoken_lite.settings import ConfigError
 
-HF_SPEC_PREFIX = "hf:"  # backbone.pretrained = "hf:google/siglip2-so400m-patch14-384" -> the Hugging Face cache
+HF_REPO_PREFIX = "hf:"  # backbone.pretrained = "hf:google/siglip2-so400m-patch14-384" -> the Hugging Face cache
 HF_VISION_PREFIX = "vision_model."  # where SiglipVisionModel / SiglipModel keep the tower
 SIGLIP_TYPES = ("siglip", "siglip_vision_model", "siglip2", "siglip2_vision_model")
 HF_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}  # HF -> timm names
@@ -85,14 +85,14 @@ def is_hf_spec(spec: str | None) -> bool:
     """True for ``hf:<repo id>`` or a local folder holding a transformers SigLIP / SigLIP2 checkpoint."""
     if spec is None:
         return False
-    return spec.startswith(HF_SPEC_PREFIX) or (Path(spec).is_dir() and read_hf_config_json(spec) is not None)
+    return spec.startswith(HF_REPO_PREFIX) or (Path(spec).is_dir() and read_hf_config_json(spec) is not None)
 
 
 def resolve_hf_folder(spec: str) -> Path:
     """``hf:<repo id>`` -> its snapshot folder in the Hugging Face cache (no download with HF_HUB_OFFLINE=1)."""
-    if not spec.startswith(HF_SPEC_PREFIX):
+    if not spec.startswith(HF_REPO_PREFIX):
         return Path(spec)
-    repo = spec[len(HF_SPEC_PREFIX):]
+    repo = spec[len(HF_REPO_PREFIX):]
     from huggingface_hub import snapshot_download
 
     try:

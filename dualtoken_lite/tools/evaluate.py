@@ -39,7 +39,7 @@ from dualtoken_lite.evaluation.external import (
 )
 from dualtoken_lite.evaluation.loop import evaluate_codes, format_table
 from dualtoken_lite.losses.perceptual import Perceptual, PerceptualWeightsMissing
-from dualtoken_lite.model.hf_siglip import HF_SPEC_PREFIX, read_hf_config_json
+from dualtoken_lite.model.hf_siglip import HF_REPO_PREFIX, read_hf_config_json
 from dualtoken_lite.tinyworld.paths import TEACHER_DIR
 from dualtoken_lite.tinyworld.shards import resolve_data
 from dualtoken_lite.tinyworld.teacher import CARD_FILE, load_teacher
@@ -56,7 +56,7 @@ def semantic_head(model, args, device) -> tuple[nn.Module | None, nn.Module | No
         if args.teacher not in ("auto", "none"):
             raise MetricUnavailable("choose one semantic metric: --zero-shot (SigLIP presets) or --teacher (tiny world)")
         start = model.cfg.backbone.pretrained or ""
-        if start.startswith(HF_SPEC_PREFIX) or (start and read_hf_config_json(start) is not None):
+        if start.startswith(HF_REPO_PREFIX) or (start and read_hf_config_json(start) is not None):
             raise MetricUnavailable(
                 f"this model's tower starts from transformers' {start} (SigLIP2 for the released checkpoints); its "
                 "zero-shot needs that model's own text tower, which this evaluator does not build yet, and "
