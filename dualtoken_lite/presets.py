@@ -7,7 +7,11 @@
 |---|---|
 | ``tiny`` | 64 px, patch 8 -> 8 x 8 grid, a few million parameters: the main job on a laptop CPU, trained on the tiny world |
 | ``so400m-384`` | the paper's model: SigLIP So400m/14 at 384 px, 27 x 27 grid, RVQ depth 8, K = 16,384, the released recipe |
+| ``so400m-384-siglip2`` | the same model on the released code's tower: transformers' SigLIP2 so400m-patch14-384 |
 | ``so400m-256`` | the 256 px variant: SigLIP2 So400m/16 at 256 px, 16 x 16 grid, RVQ depth 4 |
+
+The paper presets name no starting weights except ``so400m-384-siglip2``: training one refuses until
+``--model.backbone.pretrained`` names them (``webli``, ``hf:<repo id>``, a folder, or ``random`` on purpose).
 
 Every preset is a fresh copy on each call, so changing one never changes the table. The fields and what they
 mean are documented where they are defined: ``model/config.py``, ``losses/config.py``, ``training/config.py``.
@@ -25,12 +29,14 @@ from dualtoken_lite.settings import ConfigError, from_dict
 from dualtoken_lite.training.config import TrainConfig
 
 
-def _so400m_model(image_size: int, patch_size: int, arch: str, depth: int) -> ModelConfig:
+def _so400m_model(image_size: int, patch_size: int, arch: str, depth: int, pretrained: str | None = None
+                  ) -> ModelConfig:
     """The paper-scale tokenizer (docs/method.md §2) at a given resolution and residual depth."""
     grid = image_size // patch_size
     return ModelConfig(
         backbone=BackboneConfig(
             arch=arch,
+            pretrained=pretrained,
             image_size=image_size,
             patch_size=patch_size,
             width=1152,
@@ -71,6 +77,9 @@ PRESETS: dict[str, TrainConfig] = {
     # and a narrower discriminator (32 base channels, 434,625 parameters, 8x8 logits at 64 px) for the small decoder.
     "tiny": TrainConfig(preset="tiny", model=ModelConfig(), loss=LossConfig(perceptual_weight=0.0, disc_channels=32)),
     "so400m-384": _so400m_run("so400m-384", _so400m_model(384, 14, "ViT-SO400M-14-SigLIP-384", depth=8)),
+    # The released code's tower (docs/method.md §2): same architecture, SigLIP2 weights from transformers.
+    "so400m-384-siglip2": _so400m_run("so400m-384-siglip2", _so400m_model(
+        384, 14, "ViT-SO400M-14-SigLIP-384", depth=8, pretrained="hf:google/siglip2-so400m-patch14-384")),
     "so400m-256": _so400m_run("so400m-256", _so400m_model(256, 16, "ViT-SO400M-16-SigLIP2-256", depth=4)),
 }
 

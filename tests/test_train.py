@@ -136,9 +136,10 @@ def test_a_config_error_is_reported_before_any_data_is_read(tmp_path):
 
 def test_release_flags_parse_to_the_same_settings_as_ours():
     release = ("--sem_weight 2 --stage 0 --name myrun --model model_config_siglip_384_rvq8 --train-data=x-{0..3}.tar "
+               "--model.backbone.pretrained webli "
                "--train-num-samples 1000 --dataset-type webdataset --warmup=100 --batch-size=16 --lr=7.2e-5 "
                "--beta1=0.5 --beta2=0.9 --wd=0.0001 --epochs=3 --gan_start_epoch=1 --restart_gan=2 --workers=2")
-    ours = ("--preset so400m-384 --loss.sem_weight 2 --stage 0 --out runs/myrun --train_data x-{0..3}.tar "
+    ours = ("--preset so400m-384 --model.backbone.pretrained webli --loss.sem_weight 2 --stage 0 --out runs/myrun --train_data x-{0..3}.tar "
             "--train_num_samples 1000 --warmup_steps 100 --batch_size 16 --lr 7.2e-5 --beta1 0.5 --beta2 0.9 "
             "--weight_decay 0.0001 --epochs 3 --gan_start_epoch 1 --restart_gan 2 --workers 2")
     assert parse_args(release.split()) == parse_args(ours.split())

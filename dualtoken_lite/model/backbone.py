@@ -11,8 +11,10 @@ a timm VisionTransformer; ``tiny`` builds the same class small (``build_tiny_tru
 replace the hidden state after the semantic layer (docs/method.md §2). ``teacher_targets`` runs a frozen trunk the same
 way for the semantic distillation loss (docs/method.md §3).
 
-Weights (``BackboneConfig.pretrained``): None = random init; an open_clip tag such as ``"webli"`` (needs the
-weights in the Hugging Face cache or a network); or a local file/folder of weights (a trunk state dict, an
+Weights (``BackboneConfig.pretrained``): None or ``"random"`` = random init (``"random"`` says so on purpose:
+the paper-scale training command refuses None); an open_clip tag such as ``"webli"`` (needs the weights in the
+Hugging Face cache or a network); a transformers SigLIP / SigLIP2 checkpoint, ``"hf:<repo id>"`` from the Hugging
+Face cache or its local folder (model/hf_siglip.py); or a local file/folder of weights (a trunk state dict, an
 open_clip model checkpoint, or a dualtoken_lite checkpoint folder), loaded strictly.
 """
 
@@ -26,7 +28,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from dualtoken_lite.model.config import BackboneConfig
+from dualtoken_lite.model.config import RANDOM_WEIGHTS, BackboneConfig
+from dualtoken_lite.model.hf_siglip import is_hf_spec, load_hf_trunk
 from dualtoken_lite.settings import ConfigError
 
 # Key prefixes under which a trunk's weights appear in the checkpoints we accept (tried in this order).
@@ -152,16 +155,21 @@ def load_trunk_weights(trunk: VisionTransformer, path: str | os.PathLike) -> Vis
 
 
 def build_trunk(cfg: BackboneConfig) -> VisionTransformer:
-    """The configured trunk with its weights (random, an open_clip tag, or a local path), checked against cfg."""
-    local = cfg.pretrained is not None and Path(cfg.pretrained).exists()
+    """The configured trunk with its weights (random, open_clip tag, transformers SigLIP, local path), checked."""
+    spec = None if cfg.pretrained in (None, RANDOM_WEIGHTS) else cfg.pretrained
+    if is_hf_spec(spec):  # built from the checkpoint's own config, then compared with ours below
+        trunk = load_hf_trunk(spec, cfg.image_size)
+        check_trunk_matches(trunk, cfg)
+        return trunk
+    local = spec is not None and Path(spec).exists()
     if cfg.arch == "tiny":
-        if cfg.pretrained is not None and not local:
-            raise ConfigError(f"backbone.pretrained={cfg.pretrained!r}: no such file; the tiny trunk loads local paths only")
+        if spec is not None and not local:
+            raise ConfigError(f"backbone.pretrained={spec!r}: no such file; the tiny trunk loads local paths only")
         trunk = build_tiny_trunk(cfg)
     else:
-        trunk = build_open_clip_trunk(cfg.arch, None if local else cfg.pretrained)
+        trunk = build_open_clip_trunk(cfg.arch, None if local else spec)
     if local:
-        load_trunk_weights(trunk, cfg.pretrained)
+        load_trunk_weights(trunk, spec)
     check_trunk_matches(trunk, cfg)
     return trunk
 

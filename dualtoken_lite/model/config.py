@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from dualtoken_lite.quantizers.residual import QuantizerConfig, validate_quantizer
 from dualtoken_lite.settings import ConfigError, require_finite
 
+RANDOM_WEIGHTS = "random"  # backbone.pretrained value that asks for a randomly initialised tower on purpose
+
 
 @dataclass
 class BackboneConfig:
     """The SigLIP-style vision tower (a timm ``VisionTransformer`` trunk: no class token, MAP pooling head)."""
 
     arch: str = "tiny"  # "tiny" (built from the fields below) or an open_clip model name, e.g. "ViT-SO400M-14-SigLIP-384"
-    pretrained: str | None = None  # None = random init; an open_clip tag ("webli"); or a local weights file/folder
+    pretrained: str | None = None  # None or "random" = random init; an open_clip tag ("webli"); "hf:<repo id>" or a
+    #                                transformers SigLIP/SigLIP2 folder (model/hf_siglip.py); or a local weights file/folder
     image_size: int = 64  # input resolution in pixels (square)
     patch_size: int = 8  # ViT patch size; the token grid is image_size // patch_size on each side
     width: int = 128  # C, the transformer width
@@ -53,6 +56,8 @@ class ModelConfig:
         default_factory=lambda: QuantizerConfig(depth=4, codebook_size=512)
     )
     proj_head_dim: int = 32  # head size inside the pre/post-quant AttnProjections (paper: 32 -> 36 heads)
+    proj_pool_heads: bool = False  # squeeze: average-pool the head_dim-wide head mean down to d before the output
+    #                                Linear (d -> d), as the release does when head_dim != d (its d = 256 tokenizer)
     decoder_latent_grid: int = 8  # the decoder's input grid after the bilinear resize (paper: 24)
     decoder_channels: int = 32  # base channels of the conv decoder (paper: 128); tiny keeps 64 px levels thin
     decoder_channel_mult: tuple[int, ...] = (4, 2, 1, 1)  # per level, lowest resolution first (paper: 8,4,4,1,1)

@@ -54,12 +54,12 @@ class DualToken(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = validate(cfg)
-        C, head = cfg.backbone.width, cfg.proj_head_dim
+        C, head, pool = cfg.backbone.width, cfg.proj_head_dim, cfg.proj_pool_heads
         d_pix = cfg.pixel_quantizer.code_dim
         self.encoder = VisionTower(cfg.backbone)
         # pixel branch: pre-quant projections (C -> d), quantizer, post-quant projection (d -> C, causal)
-        self.pixel_proj = AttnProjection(C, d_pix, head)
-        self.shortcut_proj = AttnProjection(C, d_pix, head) if cfg.shortcut_layer is not None else None
+        self.pixel_proj = AttnProjection(C, d_pix, head, pool_heads=pool)
+        self.shortcut_proj = AttnProjection(C, d_pix, head, pool_heads=pool) if cfg.shortcut_layer is not None else None
         self.pixel_quantizer = ResidualQuantizer.from_config(cfg.pixel_quantizer)
         self.pixel_post_proj = AttnProjection(d_pix, C, head, causal=True)
         # semantic branch
@@ -72,7 +72,7 @@ class DualToken(nn.Module):
             self.semantic_post_proj = AttnProjection(d_pix, C, head, causal=True)
         else:
             d_sem = cfg.semantic_quantizer.code_dim
-            self.semantic_proj = AttnProjection(C, d_sem, head)
+            self.semantic_proj = AttnProjection(C, d_sem, head, pool_heads=pool)
             self.semantic_quantizer = ResidualQuantizer.from_config(cfg.semantic_quantizer)
             self.semantic_post_proj = AttnProjection(d_sem, C, head, causal=True)
         # decoder path: (B, C, H, W) -> resize -> (B, C_in, g, g) -> (B, 3, h, w)

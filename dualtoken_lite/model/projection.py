@@ -11,6 +11,8 @@ The attention always runs at the wide size, in heads of ``head_dim`` (32 in the 
                        then an output Linear head_dim -> d;
     widen   (d -> C):  qkv Linear d -> 3C, C / head_dim heads, outputs CONCATENATED -> C, output Linear C -> C,
                        and causal over the raster order of the grid (post-quant, docs/method.md §2).
+With ``pool_heads`` the squeeze instead average-pools the head mean from head_dim down to d and then applies a
+d -> d output Linear: the release's layout when head_dim != d (its d = 256 tokenizer: 4 heads of 288 -> 256).
 The qkv Linear has no bias of its own; learned q and v biases stand in for it and k gets none (a k bias adds the
 same constant to every logit of a query, which the softmax ignores).
 
@@ -48,17 +50,19 @@ class GeGLU(nn.Module):
 class ProjectionAttention(nn.Module):
     """Multi-head self-attention that changes width: heads averaged when squeezing, concatenated when widening."""
 
-    def __init__(self, in_dim: int, out_dim: int, head_dim: int, causal: bool = False):
+    def __init__(self, in_dim: int, out_dim: int, head_dim: int, causal: bool = False, pool_heads: bool = False):
         super().__init__()
         wide = max(in_dim, out_dim)  # attention always runs at the wide size
         if wide % head_dim:
             raise ValueError(f"attention width {wide} is not a multiple of head_dim={head_dim}; pick a divisor")
         self.squeeze = in_dim > out_dim
         self.heads, self.head_dim, self.causal = wide // head_dim, head_dim, causal
+        self.pool_to = out_dim if (self.squeeze and pool_heads and head_dim != out_dim) else None
         self.qkv = nn.Linear(in_dim, 3 * wide, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(wide))
         self.v_bias = nn.Parameter(torch.zeros(wide))
-        self.proj = nn.Linear(head_dim if self.squeeze else wide, out_dim)
+        proj_in = wide if not self.squeeze else (self.pool_to or head_dim)
+        self.proj = nn.Linear(proj_in, out_dim)
 
     def qkv_bias(self) -> torch.Tensor:
         """The (3 * wide) bias of the qkv Linear: learned for q and v, zero for k (softmax ignores a k bias)."""
@@ -71,6 +75,8 @@ class ProjectionAttention(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, heads, N, hd)
         if self.squeeze:
             a = a.mean(dim=1)  # average over heads: (B, N, hd)
+            if self.pool_to is not None:
+                a = F.adaptive_avg_pool1d(a, self.pool_to)  # (B, N, d): the release's pooling when hd != d
         else:
             a = a.transpose(1, 2).reshape(B, N, self.heads * self.head_dim)  # concatenate heads: (B, N, wide)
         return self.proj(a)
@@ -85,15 +91,17 @@ class AttnProjection(nn.Module):
         head_dim: size of each attention head; the wide side must be a multiple of it (paper: 32).
         causal: attend only to earlier raster positions (the post-quant projections).
         mlp_ratio: GeGLU hidden size as a multiple of ``out_dim`` (paper: 2).
+        pool_heads: when squeezing with head_dim != out_dim, average-pool head_dim -> out_dim (the release's way).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, head_dim: int = 32, causal: bool = False, mlp_ratio: int = 2):
+    def __init__(self, in_dim: int, out_dim: int, head_dim: int = 32, causal: bool = False, mlp_ratio: int = 2,
+                 pool_heads: bool = False):
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
         self.norm_lin = nn.LayerNorm(in_dim)  # the linear path's own input norm
         self.lin = nn.Linear(in_dim, out_dim)
         self.norm_attn = nn.LayerNorm(in_dim)  # the attention path's own input norm
-        self.attn = ProjectionAttention(in_dim, out_dim, head_dim, causal)
+        self.attn = ProjectionAttention(in_dim, out_dim, head_dim, causal, pool_heads)
         self.norm_mlp = nn.LayerNorm(out_dim)  # outer norm before the GeGLU (which normalises again)
         self.mlp = GeGLU(out_dim, mlp_ratio * out_dim)
 

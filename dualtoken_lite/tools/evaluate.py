@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from dualtoken_lite.evaluation.external import (
 )
 from dualtoken_lite.evaluation.loop import evaluate_codes, format_table
 from dualtoken_lite.losses.perceptual import Perceptual, PerceptualWeightsMissing
+from dualtoken_lite.model.hf_siglip import HF_REPO_PREFIX, read_hf_config_json
 from dualtoken_lite.tinyworld.paths import TEACHER_DIR
 from dualtoken_lite.tinyworld.shards import resolve_data
 from dualtoken_lite.tinyworld.teacher import CARD_FILE, load_teacher
@@ -54,6 +56,14 @@ def semantic_head(model, args, device) -> tuple[nn.Module | None, nn.Module | No
     if args.zero_shot:
         if args.teacher not in ("auto", "none"):
             raise MetricUnavailable("choose one semantic metric: --zero-shot (SigLIP presets) or --teacher (tiny world)")
+        start = model.cfg.backbone.pretrained or ""
+        if start.startswith(HF_REPO_PREFIX) or (start and read_hf_config_json(start) is not None):
+            raise MetricUnavailable(
+                f"this model's tower starts from transformers' {start} (SigLIP2 for the released checkpoints); its "
+                "zero-shot needs that model's own text tower, which this evaluator does not build yet, and "
+                f"open_clip's {args.text_weights!r} text tower belongs to another SigLIP: its scores would mean "
+                "nothing. Measure reconstruction here; zero-shot with the transformers text tower is not implemented"
+            )
         head = build_zero_shot_head(arch, args.text_weights, load_classnames(args.classnames), args.templates, device)
         return head, None, "zero-shot"
 
@@ -100,6 +110,11 @@ def run(args, fid_feature: nn.Module | None = None) -> int:
 
     model, folder = load_tokenizer(args.checkpoint, pick_device(args.device))
     device = next(model.parameters()).device
+    out = Path(args.json) if args.json else folder / "eval.json"
+    parent = out.parent if out.parent.exists() else None
+    if out.is_dir() or parent is None or not os.access(parent, os.W_OK):
+        print(f"error: cannot write the results to {out}; pass --json with a writable file path", file=sys.stderr)
+        return 2
     try:
         head, teacher, kind = semantic_head(model, args, device)
         perceptual = Perceptual(args.vgg_weights, args.allow_random_lpips).to(device) if args.lpips else None
@@ -124,7 +139,6 @@ def run(args, fid_feature: nn.Module | None = None) -> int:
     result = {"checkpoint": str(folder), "data": args.data, **result,
               "conventions": "PSNR/SSIM on RGB in [0, 1], data_range 1; codebook stats over the whole set"}
     print(format_table(result))
-    out = Path(args.json) if args.json else folder / "eval.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

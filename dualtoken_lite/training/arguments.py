@@ -49,9 +49,50 @@ RELEASE_FLAGS: dict[str, str] = {
     "--gan_start_epoch": "gan_start_epoch",
     "--restart_gan": "restart_gan",
     "--workers": "workers",
+    "--accum-freq": "grad_accum",  # micro-batches per optimizer step (the release parsed it but never applied it)
+    "--grad-clip-norm": "grad_clip_norm",
+    "--seed": "seed",
+    "--load_from": "init_from",  # stage 2 starts from stage 1's weights: a model folder or a release checkpoint file
+    "--resume": "resume",  # "latest" = the newest checkpoint of this run (our "auto")
+    "--precision": "bf16",  # translated by RELEASE_VALUES
+    "--lr-scheduler": "min_lr_ratio",  # translated by RELEASE_VALUES
+    "--report-to": "tensorboard",  # translated by RELEASE_VALUES
+    "--imagenet-val": "imagenet_val",  # refused by RELEASE_VALUES: evaluate after training
 }
-# Release model-config names (docs/method.md §4 `--model`) -> our presets.
-RELEASE_MODELS = {"model_config_siglip_384_rvq8": "so400m-384"}
+# Release model-config names (docs/method.md §4 `--model`, with or without their "_32d" suffix) -> our presets.
+RELEASE_MODELS = {"model_config_siglip_384_rvq8": "so400m-384", "model_config_siglip_256_rvq4": "so400m-256"}
+KEEP = "<keep the preset's value>"
+# Release flag values -> ours; None or a value not listed = refused (the message names our equivalent).
+RELEASE_VALUES: dict[str, dict[str, str | None]] = {
+    "--precision": {"amp_bf16": "true", "amp_bfloat16": "true", "fp32": "false", "amp": None, "fp16": None,
+                    "bf16": None, "pure_bf16": None, "pure_fp16": None},
+    "--lr-scheduler": {"cosine": KEEP, "const": "1.0", "const-cooldown": None},
+    "--report-to": {"tensorboard": "true", "": "false", "none": "false", "wandb": None, "wandb,tensorboard": None},
+}
+REFUSALS = {
+    "--precision": "weights stay fp32 here, with optional bf16 autocast: use --precision amp_bf16 (= --bf16 true) "
+                   "or --precision fp32 (= --bf16 false)",
+    "--lr-scheduler": "the schedule is warmup + cosine to lr x --min_lr_ratio: use --lr-scheduler cosine, "
+                      "--lr-scheduler const (= --min_lr_ratio 1), or set --min_lr_ratio",
+    "--report-to": "metrics go to RUN/metrics.jsonl, and to TensorBoard with --report-to tensorboard "
+                   "(= --tensorboard true); there is no wandb logger",
+    "--imagenet-val": "zero-shot is not run during training; evaluate the trained model afterwards: "
+                      "python -m dualtoken_lite.evaluate RUN --data IMAGENET_VAL --zero-shot",
+}
+
+
+def release_value(flag: str, value: str) -> str:
+    """A release flag's value in our terms (``--precision amp_bf16`` -> "true"), or a ConfigError naming ours."""
+    if flag == "--imagenet-val":
+        raise ConfigError(f"{flag} {value}: {REFUSALS[flag]}")
+    if flag == "--resume":
+        return "auto" if value == "latest" else value
+    if flag not in RELEASE_VALUES:
+        return value
+    ours = RELEASE_VALUES[flag].get(value)
+    if ours is None:
+        raise ConfigError(f"{flag} {value}: {REFUSALS[flag]}")
+    return ours
 
 
 def _parse_value(text: str, current: Any, name: str) -> Any:
@@ -107,13 +148,18 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, set[
     if known.help:
         print(field_help())
         raise SystemExit(0)
-    preset = known.preset or RELEASE_MODELS.get(known.model or "", known.model) or "tiny"
+    release_model = re.sub(r"_\d+d$", "", known.model) if known.model else None
+    preset = known.preset or RELEASE_MODELS.get(release_model or "", known.model) or "tiny"
     cfg = named_preset(preset)
     pairs = _pairs(rest)
     save_every_epochs = None
     given = {"preset"} if known.preset or known.model else set()
     for flag, value in pairs:
         dotted = RELEASE_FLAGS.get(flag, flag[2:]).replace("-", "_")
+        if flag in RELEASE_FLAGS:
+            value = release_value(flag, value)
+            if value == KEEP:
+                continue
         given.add("save_every" if dotted == "save_every_epochs" else dotted)
         if dotted == "dataset_type":
             if value not in ("webdataset", "folder", "tinyworld"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dualtoken_lite.losses.config import LossConfig, validate_loss_config
-from dualtoken_lite.model.config import ModelConfig, validate
+from dualtoken_lite.model.config import RANDOM_WEIGHTS, ModelConfig, validate
 from dualtoken_lite.settings import ConfigError, require_finite
 
 
@@ -33,6 +33,7 @@ class TrainConfig:
     beta2: float = 0.99  # AdamW beta2 (paper: 0.9)
     adam_eps: float = 1e-8  # AdamW epsilon (paper: 1e-8)
     weight_decay: float = 1e-4  # on weights with ndim >= 2 only; none on biases, norms, embeddings (paper: 1e-4)
+    grad_clip_norm: float | None = None  # clip the global gradient norm to this before each AdamW step (paper: none)
     warmup_steps: int = 50  # linear warmup before the cosine decay (paper: 10,000)
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     stage: int = 1  # 0, 1 or 2 (docs/method.md §3): what is frozen and which losses are on
@@ -61,6 +62,27 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)  # every loss weight and constant (losses/config.py)
 
 
+def check_starting_weights(cfg: TrainConfig) -> None:
+    """Refuse a paper-scale run whose tower (and so its distillation teacher) would start random without being asked.
+
+    A random SigLIP tower distilled towards a random copy of itself trains for days and teaches nothing; the release
+    did that silently when its weights were missing. ``--model.backbone.pretrained random`` asks for it on purpose.
+    """
+    backbone = cfg.model.backbone
+    if backbone.arch == "tiny" or backbone.pretrained is not None:
+        return
+    weights_elsewhere = (cfg.init_from or cfg.resume) and cfg.teacher != "backbone"
+    if weights_elsewhere:
+        return
+    raise ConfigError(
+        f"preset {cfg.preset!r} names no starting weights for its {backbone.arch} tower, so the tower and its "
+        "teacher would both be random. Give them with --model.backbone.pretrained: 'webli' (open_clip SigLIP, the "
+        "paper's), 'hf:google/siglip2-so400m-patch14-384' (transformers SigLIP2, the released code's; or "
+        "--preset so400m-384-siglip2), or a local weights file/folder; or "
+        f"--model.backbone.pretrained {RANDOM_WEIGHTS} to train from random weights on purpose"
+    )
+
+
 def validate_train(cfg: TrainConfig) -> TrainConfig:
     """Check a run's config before any data is read; raise ConfigError naming the value and the fix."""
     require_finite(cfg)  # --lr inf, --beta1 nan, ... anywhere in the run, the model or the losses
@@ -84,6 +106,9 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must lie in [0, 1)")
+    if cfg.grad_clip_norm is not None and not cfg.grad_clip_norm > 0:
+        raise ConfigError(f"grad_clip_norm={cfg.grad_clip_norm} must be > 0 (or None: no clipping)")
+    check_starting_weights(cfg)
     if cfg.warmup_steps < 0 or cfg.weight_decay < 0:
         raise ConfigError(f"warmup_steps={cfg.warmup_steps} and weight_decay={cfg.weight_decay} must be >= 0")
     if cfg.stage not in (0, 1, 2):

@@ -22,7 +22,9 @@ from dualtoken_lite.losses.gan import GanSchedule
 from dualtoken_lite.losses.perceptual import build_perceptual
 from dualtoken_lite.losses.stages import apply_stage, get_stage, stage_train_mode
 from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.model.hf_siglip import is_hf_spec, load_hf_trunk
 from dualtoken_lite.model.pretrained import check_state_dict
+from dualtoken_lite.model.release import model_from_release, read_release_checkpoint
 from dualtoken_lite.tinyworld.shards import resolve_data
 from dualtoken_lite.tinyworld.teacher import load_teacher
 from dualtoken_lite.training import distributed as dist_utils
@@ -40,13 +42,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_teacher(spec: str, model: DualToken) -> tuple[nn.Module, nn.Module | None]:
+def build_teacher(spec: str, model: DualToken | None) -> tuple[nn.Module, nn.Module | None]:
     """The frozen distillation teacher (a trunk) and, for the tiny world, its class head (the zero-shot stand-in).
 
     "shipped": the tiny world's trained teacher, which is also the starting point of the tokenizer's tower;
     "backbone": a frozen copy of the tower as built (the pretrained SigLIP at paper scale);
+    "hf:<repo id>" or a transformers SigLIP / SigLIP2 folder: that tower, frozen (model/hf_siglip.py);
     a folder: a teacher saved by ``python -m dualtoken_lite.teacher --out FOLDER``.
     """
+    if is_hf_spec(spec):
+        image_size = model.cfg.backbone.image_size if model is not None else None
+        return load_hf_trunk(spec, image_size).eval().requires_grad_(False), None
     if spec == "shipped" or (spec and Path(spec).is_dir()):
         trunk, head = load_teacher(None if spec == "shipped" else spec)
         model.encoder.trunk.load_state_dict(trunk.state_dict(), strict=True)
@@ -54,6 +60,16 @@ def build_teacher(spec: str, model: DualToken) -> tuple[nn.Module, nn.Module | N
     if spec == "backbone":
         return copy.deepcopy(model.encoder.trunk).eval().requires_grad_(False), None
     raise ValueError(f"teacher={spec!r}: use 'shipped' (tiny world), 'backbone' or a teacher folder")
+
+
+def load_start(spec: str, preset: str) -> DualToken:
+    """The weights a new run starts from: a model folder (ours), or a release checkpoint file (converted here)."""
+    if Path(spec).is_file():  # the release's --load_from takes its own checkpoint files
+        model, _, notes = model_from_release(read_release_checkpoint(spec), preset)
+        for note in notes:
+            print(f"note ({spec}): {note}")
+        return model
+    return DualToken.from_pretrained(spec)
 
 
 def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
@@ -74,7 +90,7 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     model = DualToken(cfg.model).to(world.device)
     teacher, head = build_teacher(cfg.teacher, model)
     if cfg.init_from:
-        start = DualToken.from_pretrained(cfg.init_from)
+        start = load_start(cfg.init_from, cfg.preset)
         check_state_dict(model.state_dict(), start.state_dict(), cfg.init_from)
         model.load_state_dict(start.state_dict(), strict=True)
     teacher, head = teacher.to(world.device), head.to(world.device) if head is not None else None

@@ -54,6 +54,7 @@ class Trainer:
     batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
     skipped_before: int = 0  # bad samples skipped by this rank in the epochs before the current one
     pending: list = field(default_factory=list)  # (images, detached reconstructions) of this step, for D
+    last_grad_norm: float | None = None  # the gradient norm before clipping at the last step (when clipping)
 
     # ------------------------------------------------------------------------------------------ data
     def batches(self):
@@ -114,6 +115,10 @@ class Trainer:
         return terms, out
 
     def optimizer_step(self) -> None:
+        """Optional global-norm gradient clipping (grads are already summed over micro-batches and ranks), AdamW."""
+        if self.cfg.grad_clip_norm is not None:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -131,6 +136,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------ reporting
     def log_terms(self, losses: dict, out) -> dict:
         lrs = {"lr": self.scheduler.get_last_lr()[0]}
+        if self.last_grad_norm is not None:
+            lrs["grad_norm"] = self.last_grad_norm
         if self.adversary is not None and self.adversary.last_lr() is not None:
             lrs["disc_lr"] = self.adversary.last_lr()
         usage = {"pixel": {"utilisation": out.pixel.stats.utilisation, "perplexity": out.pixel.stats.perplexity}}
