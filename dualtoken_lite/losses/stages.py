@@ -95,7 +95,7 @@ def frozen_block_count(spec: StageSpec, cfg) -> int:
         return cfg.semantic_layer
     if spec.freeze_blocks == "before_shortcut_layer":
         tap = cfg.shortcut_layer if cfg.shortcut_layer is not None else cfg.pixel_layer
-        return tap - 1
+        return max(0, tap - 1)  # tap 0 (the patch embedding): no block before it
     raise ValueError(f"unknown freeze_blocks={spec.freeze_blocks!r}")
 
 

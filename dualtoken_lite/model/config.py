@@ -47,10 +47,12 @@ class ModelConfig:
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     pixel_layer: int = 2  # 1-indexed block whose output feeds the pixel codebook (paper: 6)
-    shortcut_layer: int | None = 1  # 1-indexed block added to the pixel input with shortcut_weight (paper: 4)
+    shortcut_layer: int | None = 1  # 1-indexed block added to the pixel input with shortcut_weight (paper: 4);
+    #                                 0 = the patch embedding's output (before block 1)
     shortcut_weight: float = 0.6  # weight of the shortcut layer's projection (paper: 0.6)
     semantic_layer: int | None = 5  # 1-indexed block feeding the semantic codebook (paper: 26); None = no branch
     shared_quantizer: bool = False  # ablation: pixel and semantic share one layer and one quantizer
+    pixel_bypass: bool = False  # ceiling: decode the continuous pre-quant vectors z (codes still computed, no commitment)
     pixel_quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(depth=8, codebook_size=512))
     semantic_quantizer: QuantizerConfig = field(
         default_factory=lambda: QuantizerConfig(depth=4, codebook_size=512)
@@ -63,6 +65,8 @@ class ModelConfig:
     decoder_channel_mult: tuple[int, ...] = (4, 2, 1, 1)  # per level, lowest resolution first (paper: 8,4,4,1,1)
     decoder_res_blocks: int = 1  # ResBlocks per level = decoder_res_blocks + 1 (paper: 2 -> 3)
     decoder_in_channels: int = 128  # channels after the post-quant ResNet block (paper: 1024)
+    decoder_norm_groups: int = 32  # GroupNorm groups in the post-quant block and decoder (paper: 32, >= 4 channels
+    #                                per group there); 32 groups on tiny's 32-channel levels = an instance norm
 
 
 def validate(cfg: ModelConfig) -> ModelConfig:
@@ -90,9 +94,11 @@ def validate(cfg: ModelConfig) -> ModelConfig:
     taps = {"pixel_layer": cfg.pixel_layer, "shortcut_layer": cfg.shortcut_layer}
     taps["semantic_layer"] = cfg.semantic_layer
     for name, layer in taps.items():
-        if layer is not None and not 1 <= layer <= b.layers:
+        lowest = 0 if name in ("pixel_layer", "shortcut_layer") else 1  # 0 = the patch embedding's output
+        if layer is not None and not lowest <= layer <= b.layers:
             raise ConfigError(
-                f"{name}={layer} is outside the backbone's blocks 1..{b.layers} (layers are 1-indexed)"
+                f"{name}={layer} is outside the backbone's blocks 1..{b.layers} (layers are 1-indexed; the pixel "
+                "and shortcut taps also accept 0 = the patch embedding's output)"
             )
     if cfg.shortcut_layer is not None and cfg.shortcut_layer >= cfg.pixel_layer:
         raise ConfigError(
@@ -121,9 +127,11 @@ def validate(cfg: ModelConfig) -> ModelConfig:
             )
     group_norm_widths = {"backbone.width": b.width, "decoder_in_channels": cfg.decoder_in_channels}
     group_norm_widths.update({f"decoder_channels x {m}": cfg.decoder_channels * m for m in cfg.decoder_channel_mult})
+    groups = cfg.decoder_norm_groups
     for name, width in group_norm_widths.items():
-        if width % 32:
-            raise ConfigError(f"{name} = {width} must be a multiple of 32 (the decoder's GroupNorm has 32 groups)")
+        if groups < 1 or width % groups:
+            raise ConfigError(f"{name} = {width} must be a multiple of {groups} "
+                              "(decoder_norm_groups, the decoder's GroupNorm groups)")
     if b.width % cfg.proj_head_dim:
         raise ConfigError(
             f"backbone.width={b.width} must be a multiple of proj_head_dim={cfg.proj_head_dim} "

@@ -22,14 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GROUPS = 32  # GroupNorm groups everywhere in the decoder (taming's choice)
+GROUPS = 32  # GroupNorm groups everywhere in the decoder (taming's choice; ModelConfig.decoder_norm_groups)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups and eps 1e-6, as in every taming-style decoder."""
-    if channels % GROUPS:
-        raise ValueError(f"GroupNorm({GROUPS}) needs channels divisible by {GROUPS}, got {channels}")
-    return nn.GroupNorm(GROUPS, channels, eps=1e-6)
+def group_norm(channels: int, groups: int = GROUPS) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups (taming: 32) and eps 1e-6, as in every taming-style decoder.
+
+    Mind the channels per group: with one channel per group (32 channels, 32 groups) the norm is an instance norm
+    that erases each channel's per-image mean and scale, so the decoder cannot set an image's colour amplitude.
+    """
+    if channels % groups:
+        raise ValueError(f"GroupNorm({groups}) needs channels divisible by {groups}, got {channels}")
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 def resize_to_latent_grid(z: torch.Tensor, grid: int) -> torch.Tensor:
@@ -42,10 +46,11 @@ def resize_to_latent_grid(z: torch.Tensor, grid: int) -> torch.Tensor:
 class ResBlock(nn.Module):
     """``x + conv3(SiLU(GN(conv3(SiLU(GN x)))))``, with a 1x1 conv on the skip when the channels change."""
 
-    def __init__(self, c_in: int, c_out: int, first_kernel: int = 3):
+    def __init__(self, c_in: int, c_out: int, first_kernel: int = 3, groups: int = GROUPS):
         super().__init__()
-        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, first_kernel, padding=first_kernel // 2)
-        self.norm2, self.conv2 = group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm1 = group_norm(c_in, groups)
+        self.conv1 = nn.Conv2d(c_in, c_out, first_kernel, padding=first_kernel // 2)
+        self.norm2, self.conv2 = group_norm(c_out, groups), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,16 +62,16 @@ class ResBlock(nn.Module):
 class PostQuantResBlock(ResBlock):
     """The bridge from the backbone width to the decoder: like a ResBlock, but its first conv is 1x1 (docs/method.md §2)."""
 
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__(c_in, c_out, first_kernel=1)
+    def __init__(self, c_in: int, c_out: int, groups: int = GROUPS):
+        super().__init__(c_in, c_out, first_kernel=1, groups=groups)
 
 
 class AttnBlock(nn.Module):
     """Single-head self-attention over all positions of a (B, C, H, W) map, with GroupNorm and a residual."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int = GROUPS):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, groups)
         self.q, self.k, self.v = (nn.Conv2d(channels, channels, 1) for _ in range(3))
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -92,10 +97,10 @@ class Upsample(nn.Module):
 class DecoderLevel(nn.Module):
     """One resolution of the decoder: ``n_blocks`` ResBlocks (each followed by attention if ``attn``)."""
 
-    def __init__(self, c_in: int, c_out: int, n_blocks: int, attn: bool, upsample: bool):
+    def __init__(self, c_in: int, c_out: int, n_blocks: int, attn: bool, upsample: bool, groups: int = GROUPS):
         super().__init__()
-        self.blocks = nn.ModuleList(ResBlock(c_in if i == 0 else c_out, c_out) for i in range(n_blocks))
-        self.attns = nn.ModuleList(AttnBlock(c_out) for _ in range(n_blocks)) if attn else None
+        self.blocks = nn.ModuleList(ResBlock(c_in if i == 0 else c_out, c_out, groups=groups) for i in range(n_blocks))
+        self.attns = nn.ModuleList(AttnBlock(c_out, groups) for _ in range(n_blocks)) if attn else None
         self.upsample = Upsample(c_out) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,20 +119,23 @@ class ConvDecoder(nn.Module):
         channels: base channel count (paper: 128).
         channel_mult: per level, lowest resolution first (paper: 8, 4, 4, 1, 1).
         res_blocks: ResBlocks per level = res_blocks + 1 (paper: 2).
+        groups: GroupNorm groups (paper: 32).
     """
 
-    def __init__(self, in_channels: int, channels: int, channel_mult: tuple[int, ...], res_blocks: int):
+    def __init__(self, in_channels: int, channels: int, channel_mult: tuple[int, ...], res_blocks: int,
+                 groups: int = GROUPS):
         super().__init__()
         widths = [channels * m for m in channel_mult]
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-        self.mid = nn.Sequential(ResBlock(widths[0], widths[0]), AttnBlock(widths[0]), ResBlock(widths[0], widths[0]))
+        self.mid = nn.Sequential(ResBlock(widths[0], widths[0], groups=groups), AttnBlock(widths[0], groups),
+                                 ResBlock(widths[0], widths[0], groups=groups))
         c_in, levels = widths[0], []
         for i, c_out in enumerate(widths):
             last = i == len(widths) - 1
-            levels.append(DecoderLevel(c_in, c_out, res_blocks + 1, attn=i == 0, upsample=not last))
+            levels.append(DecoderLevel(c_in, c_out, res_blocks + 1, attn=i == 0, upsample=not last, groups=groups))
             c_in = c_out
         self.levels = nn.ModuleList(levels)
-        self.norm_out = group_norm(c_in)
+        self.norm_out = group_norm(c_in, groups)
         self.conv_out = nn.Conv2d(c_in, 3, 3, padding=1)  # the last layer: the adaptive GAN weight is taken here
 
     @property

@@ -21,6 +21,7 @@ Ablations (ModelConfig): ``semantic_layer=None`` switches the semantic branch of
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,9 +77,10 @@ class DualToken(nn.Module):
             self.semantic_quantizer = ResidualQuantizer.from_config(cfg.semantic_quantizer)
             self.semantic_post_proj = AttnProjection(d_sem, C, head, causal=True)
         # decoder path: (B, C, H, W) -> resize -> (B, C_in, g, g) -> (B, 3, h, w)
-        self.post_quant_block = PostQuantResBlock(C, cfg.decoder_in_channels)
+        self.post_quant_block = PostQuantResBlock(C, cfg.decoder_in_channels, cfg.decoder_norm_groups)
         self.decoder = ConvDecoder(
-            cfg.decoder_in_channels, cfg.decoder_channels, cfg.decoder_channel_mult, cfg.decoder_res_blocks
+            cfg.decoder_in_channels, cfg.decoder_channels, cfg.decoder_channel_mult, cfg.decoder_res_blocks,
+            cfg.decoder_norm_groups,
         )
 
     # ----------------------------------------------------------------------------------------- stages
@@ -107,6 +109,9 @@ class DualToken(nn.Module):
                 if shortcut is not None:
                     z = z + cfg.shortcut_weight * shortcut  # docs/method.md §2: + 0.6 x projection of block 4
                 out["pixel"] = self.pixel_quantizer(self.to_grid(z))  # quantized (B, H, W, d), codes (B, H, W, D)
+                if cfg.pixel_bypass:  # ceiling ablation: the decoder sees z itself, the commitment is off
+                    out["pixel"] = dataclasses.replace(
+                        out["pixel"], quantized=self.to_grid(z), commitment=out["pixel"].commitment * 0.0)
             if layer == cfg.semantic_layer:
                 if cfg.shared_quantizer:
                     sem = out["pixel"]

@@ -42,6 +42,8 @@ class TrainConfig:
     restart_gan: int | None = None  # re-create the discriminator and its optimizer every N epochs after the start
     teacher: str = "shipped"  # distillation teacher: "shipped" (tiny world's, also the starting tower), "backbone"
     #                           (a frozen copy of the tower as built, e.g. pretrained SigLIP) or a teacher folder
+    tower_init: str = "teacher"  # with teacher="shipped"/a folder: "teacher" = start the tower from the teacher's
+    #                               weights; "scratch" = keep the random init (the teacher only distils)
     init_from: str | None = None  # start a new run from a model folder's weights (fresh optimizers): stage 1 -> 2
     resume: str | None = None  # continue a run: its folder, a checkpoints/step_* folder, or "auto" (= --out if any)
     overwrite: bool = False  # replace the run already in --out (without it, a start refuses to touch an existing run)
@@ -115,6 +117,8 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"stage={cfg.stage}: DualToken has stages 0, 1 and 2 (docs/method.md §3)")
     if cfg.stage == 2 and cfg.model.semantic_layer is None:
         raise ConfigError("stage=2 trains the semantic branch only, but model.semantic_layer is None")
+    if cfg.tower_init not in ("teacher", "scratch"):
+        raise ConfigError(f"tower_init={cfg.tower_init!r}: use 'teacher' or 'scratch'")
     if cfg.resume and cfg.init_from:
         raise ConfigError("--resume continues a run and --init-from starts a new one: give only one")
     if not cfg.train_data:

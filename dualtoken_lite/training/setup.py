@@ -42,10 +42,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_teacher(spec: str, model: DualToken | None) -> tuple[nn.Module, nn.Module | None]:
+def build_teacher(spec: str, model: DualToken | None, tower_init: str = "teacher"
+                  ) -> tuple[nn.Module, nn.Module | None]:
     """The frozen distillation teacher (a trunk) and, for the tiny world, its class head (the zero-shot stand-in).
 
-    "shipped": the tiny world's trained teacher, which is also the starting point of the tokenizer's tower;
+    "shipped": the tiny world's trained teacher, which is also the starting point of the tokenizer's tower
+    (unless ``tower_init="scratch"``, which keeps the tower's random init);
     "backbone": a frozen copy of the tower as built (the pretrained SigLIP at paper scale);
     "hf:<repo id>" or a transformers SigLIP / SigLIP2 folder: that tower, frozen (model/hf_siglip.py);
     a folder: a teacher saved by ``python -m dualtoken_lite.teacher --out FOLDER``.
@@ -55,7 +57,8 @@ def build_teacher(spec: str, model: DualToken | None) -> tuple[nn.Module, nn.Mod
         return load_hf_trunk(spec, image_size).eval().requires_grad_(False), None
     if spec == "shipped" or (spec and Path(spec).is_dir()):
         trunk, head = load_teacher(None if spec == "shipped" else spec)
-        model.encoder.trunk.load_state_dict(trunk.state_dict(), strict=True)
+        if tower_init == "teacher":
+            model.encoder.trunk.load_state_dict(trunk.state_dict(), strict=True)
         return trunk, head
     if spec == "backbone":
         return copy.deepcopy(model.encoder.trunk).eval().requires_grad_(False), None
@@ -88,7 +91,7 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     model = DualToken(cfg.model).to(world.device)
-    teacher, head = build_teacher(cfg.teacher, model)
+    teacher, head = build_teacher(cfg.teacher, model, cfg.tower_init)
     if cfg.init_from:
         start = load_start(cfg.init_from, cfg.preset)
         check_state_dict(model.state_dict(), start.state_dict(), cfg.init_from)
