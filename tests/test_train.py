@@ -189,3 +189,21 @@ def test_config_json_written_before_the_typed_loss_still_loads(tmp_path):
     assert isinstance(loaded.loss.sem_weight, float)
     new = parse_args(["--out", str(tmp_path), "--loss.sem_weight", "2", "--max_steps", "7"])
     assert loaded == new  # the same run, whichever format wrote it
+
+
+@pytest.mark.parametrize("lever", ["fast_group_norm", "fused_adamw"])
+def test_a_speed_lever_changes_no_result(shards, tmp_path, lever):
+    """Two steps with a speed lever on give the weights of two steps with it off (float rounding apart)."""
+    weights = {}
+    for on in (False, True):
+        cfg = parse_args(_args(shards, tmp_path / str(on), "--fast_group_norm", "false", "--fused_adamw", "false",
+                               f"--{lever}", str(on).lower()))
+        tr = build_trainer(cfg, dist_utils.setup("cpu"))
+        batch = next(tr.batches())
+        for _ in range(2):
+            tr.generator_micro_step(tr.model, batch, scale=1.0)
+            tr.optimizer_step()
+            tr.model.update_codebooks()
+        weights[on] = {n: t.detach().clone() for n, t in tr.model.state_dict().items()}
+    for name, value in weights[False].items():
+        torch.testing.assert_close(weights[True][name], value, rtol=1e-4, atol=1e-5, msg=f"{lever}: {name} moved")
