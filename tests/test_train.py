@@ -96,7 +96,7 @@ def test_gradient_accumulation_equals_one_big_batch(shards, tmp_path):
     big, acc = _weights(tmp_path / "big"), _weights(tmp_path / "acc")
     assert [n for n in big if n.endswith("embed")], "the codebooks are part of the comparison"
     for name, tensor in big.items():
-        torch.testing.assert_close(acc[name], tensor, rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+        torch.testing.assert_close(acc[name], tensor, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2])
@@ -190,3 +190,43 @@ def test_config_json_written_before_the_typed_loss_still_loads(tmp_path):
     assert isinstance(loaded.loss.sem_weight, float)
     new = parse_args(["--out", str(tmp_path), "--loss.sem_weight", "2", "--max_steps", "7"])
     assert loaded == new  # the same run, whichever format wrote it
+
+
+def _lever_run(shards, out, lever: str, on: bool, steps: int) -> tuple[dict, dict]:
+    """``steps`` training steps on one batch with every lever off but ``lever`` (on or off): grads of the last
+    micro-step (before the optimizer moves) and the weights after."""
+    cfg = parse_args(_args(shards, out, "--fast_group_norm", "false", "--fused_adamw", "false",
+                           f"--{lever}", str(on).lower()))
+    tr = build_trainer(cfg, dist_utils.setup("cpu"))
+    batch = next(tr.batches())
+    for _ in range(steps):
+        tr.generator_micro_step(tr.model, batch, scale=1.0)
+        grads = {n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None}
+        tr.optimizer_step()
+        tr.model.update_codebooks()
+    return grads, {n: t.detach().clone() for n, t in tr.model.state_dict().items()}
+
+
+def test_fast_group_norm_changes_no_gradient(shards, tmp_path):
+    """A training step's gradients with the channels_last GroupNorm backward equal the plain ones (rounding)."""
+    (plain, _), (fast, _) = (_lever_run(shards, tmp_path / str(on), "fast_group_norm", on, 1) for on in (False, True))
+    scale = max(float(g.abs().max()) for g in plain.values())
+    for name, g in plain.items():  # conv biases just before a GroupNorm have true gradient 0: one common scale
+        torch.testing.assert_close(fast[name], g, rtol=0, atol=1e-5 * scale, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_fused_adamw_changes_no_update(shards, tmp_path):
+    """Two steps with the fused AdamW kernel give the weights of the per-tensor AdamW (float rounding apart).
+
+    Entries whose true gradient is 0 (k biases, conv biases just before a one-channel-per-group GroupNorm) get
+    rounding noise that Adam scales up to a full step of either sign; they are left out of the comparison.
+    """
+    (grads, plain), (_, fused) = (_lever_run(shards, tmp_path / str(on), "fused_adamw", on, 2) for on in (False, True))
+    scale = max(float(g.abs().max()) for g in grads.values())
+    compared = 0
+    for name, w in plain.items():
+        real = grads[name].abs() > 1e-6 * scale if name in grads else torch.ones_like(w, dtype=torch.bool)
+        torch.testing.assert_close(fused[name][real], w[real], rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+        compared += int(real.sum())
+    assert compared > 0.99 * sum(w.numel() for w in plain.values())

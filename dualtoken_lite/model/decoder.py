@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualtoken_lite.model.group_norm import DecoderGroupNorm
+
 GROUPS = 32  # GroupNorm groups everywhere in the decoder (taming's choice; ModelConfig.decoder_norm_groups)
 
 
-def group_norm(channels: int, groups: int = GROUPS) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int = GROUPS) -> DecoderGroupNorm:
     """GroupNorm with ``groups`` groups (taming: 32) and eps 1e-6, as in every taming-style decoder.
 
     Mind the channels per group: with one channel per group (32 channels, 32 groups) the norm is an instance norm
@@ -33,7 +35,9 @@ def group_norm(channels: int, groups: int = GROUPS) -> nn.GroupNorm:
     """
     if channels % groups:
         raise ValueError(f"GroupNorm({groups}) needs channels divisible by {groups}, got {channels}")
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return DecoderGroupNorm(groups, channels, eps=1e-6)
+
+
 
 
 def resize_to_latent_grid(z: torch.Tensor, grid: int) -> torch.Tensor:

@@ -127,7 +127,7 @@ class DualToken(nn.Module):
         """Quantized pixel vectors (B, H, W, d) -> images (B, 3, h, w)."""
         B, H, W, d = quantized.shape
         h = self.pixel_post_proj(quantized.reshape(B, H * W, d))  # (B, N, C)
-        h = h.transpose(1, 2).reshape(B, -1, H, W)  # (B, C, H, W)
+        h = h.transpose(1, 2).reshape(B, -1, H, W)  # (B, C, H, W) as a channels_last view: the decoder runs so
         h = resize_to_latent_grid(h, self.cfg.decoder_latent_grid)  # (B, C, g, g)
         return self.decoder(self.post_quant_block(h))  # (B, C_in, g, g) -> (B, 3, h, w)
 

@@ -53,6 +53,14 @@ class TrainConfig:
     bf16: bool | None = None  # bf16 autocast; None = on with CUDA, off on the CPU
     workers: int = 0  # data-loader worker processes per rank
     threads: int | None = None  # torch CPU threads per process; None = torch's default
+    # speed levers (benchmarks/step_speed.py measures each against the step with all of them off)
+    fast_group_norm: bool = True  # the decoder's GroupNorm backward in closed form on its channels_last maps (CPU;
+    #                                decoder.ChannelsLastGroupNorm): PyTorch's kernel is 2-4x slower in that layout;
+    #                                the same math, so on
+    fused_adamw: bool = True  # AdamW's fused kernel (one pass over all tensors instead of ~10 ops per tensor); the
+    #                            same update up to float rounding; on because it is never slower
+    compile_decoder: bool = False  # torch.compile the post-quant block and the decoder (inductor); off: its
+    #                                 compile takes minutes on a 2-core CPU and pays back only in long runs
     log_every: int = 20  # steps between metrics.jsonl lines (and the progress-bar postfix)
     image_every: int = 200  # steps between reconstruction grids written to images/
     eval_every: int = 400  # steps between held-out evaluations (0 = only at the end)

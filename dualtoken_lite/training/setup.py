@@ -22,6 +22,7 @@ from dualtoken_lite.losses.gan import GanSchedule
 from dualtoken_lite.losses.perceptual import build_perceptual
 from dualtoken_lite.losses.stages import apply_stage, get_stage, stage_train_mode
 from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.model.group_norm import set_fast_group_norm
 from dualtoken_lite.model.hf_siglip import is_hf_spec, load_hf_trunk
 from dualtoken_lite.model.pretrained import check_state_dict
 from dualtoken_lite.model.release import model_from_release, read_release_checkpoint
@@ -75,6 +76,14 @@ def load_start(spec: str, preset: str) -> DualToken:
     return DualToken.from_pretrained(spec)
 
 
+def apply_speed_levers(model: DualToken, cfg: TrainConfig) -> None:
+    """The levers of ``TrainConfig`` that change how the model computes, never what (benchmarks/step_speed.py)."""
+    set_fast_group_norm(model, cfg.fast_group_norm)
+    if cfg.compile_decoder:  # in place: the state dict keeps its keys (no "_orig_mod." prefix)
+        model.post_quant_block.compile()
+        model.decoder.compile()
+
+
 def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     """Assemble a run from its (validated) config; start from ``init_from`` or resume as the config asks."""
     seed_everything(cfg.seed)
@@ -99,7 +108,9 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     teacher, head = teacher.to(world.device), head.to(world.device) if head is not None else None
     apply_stage(model, cfg.stage)
     stage_train_mode(model, cfg.stage)
-    optimizer = build_adamw(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.adam_eps, cfg.weight_decay)
+    apply_speed_levers(model, cfg)
+    optimizer = build_adamw(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.adam_eps, cfg.weight_decay,
+                            fused=cfg.fused_adamw)
     scheduler = build_schedule(optimizer, cfg.warmup_steps, total, cfg.min_lr_ratio)
     adversary = None
     gan_asked = cfg.gan_start_epoch is not None or cfg.gan_start_step is not None
