@@ -37,27 +37,40 @@ def shard_paths(root: str | os.PathLike, split: str, count: int, shard_size: int
 
 
 def write_shards(root: str | os.PathLike, split: str, count: int, shard_size: int = 2048,
-                 cfg: TinyWorldConfig | None = None) -> list[str]:
+                 cfg: TinyWorldConfig | None = None, workers: int | None = None) -> list[str]:
     """Write samples 0 .. count-1 of a split as plain WebDataset tar shards (``png`` and ``cls`` per sample).
 
-    Plain tars (the PNGs inside are compressed already) let the loader seek straight to any sample.
-
-    Tar members carry fixed times and names, so the same arguments give identical bytes.
+    Plain tars (the PNGs inside are compressed already) let the loader seek straight to any sample. Tar members
+    carry fixed times and names, so the same arguments give identical bytes, whichever process writes a shard:
+    ``workers`` processes (default: one per CPU core) write the shards side by side.
     """
     os.makedirs(root, exist_ok=True)
     paths = shard_paths(root, split, count, shard_size)
-    for k, path in enumerate(paths):
-        tmp = path + ".partial"
-        with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(k * shard_size, min(count, (k + 1) * shard_size)):
-                image, meta = make_sample(i, split, cfg)
-                key = f"{split}-{i:07d}"
-                for ext, payload in (("png", encode_png(image)), ("cls", str(meta["label"]).encode())):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime, info.mode = len(payload), 0, 0o444
-                    tar.addfile(info, io.BytesIO(payload))
-        os.replace(tmp, path)
+    jobs = [(path, split, range(k * shard_size, min(count, (k + 1) * shard_size)), cfg) for k, path in enumerate(paths)]
+    workers = min(len(jobs), workers or os.cpu_count() or 1)
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            pool.starmap(write_one_shard, jobs)
+    else:
+        for job in jobs:
+            write_one_shard(*job)
     return paths
+
+
+def write_one_shard(path: str, split: str, indices: range, cfg: TinyWorldConfig | None = None) -> None:
+    """Samples ``indices`` of a split into the shard ``path``, written to a temporary name and renamed into place."""
+    tmp = f"{path}.partial-{os.getpid()}"
+    with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in indices:
+            image, meta = make_sample(i, split, cfg)
+            key = f"{split}-{i:07d}"
+            for ext, payload in (("png", encode_png(image)), ("cls", str(meta["label"]).encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(payload), 0, 0o444
+                tar.addfile(info, io.BytesIO(payload))
+    os.replace(tmp, path)
 
 
 def write_split_shard(folder: str | os.PathLike, split: str, count: int) -> str:
