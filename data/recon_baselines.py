@@ -1,6 +1,6 @@
 """Reconstruction baselines on the committed eval shard: PSNR (RGB in [0, 1], data range 1) per background.
 
-Run from the repository root: ``python data/recon_baselines.py`` (prints the table in data/README.md).
+Run from the repository root: ``python data/recon_baselines.py`` (prints the tables in data/README.md).
 """
 
 import collections
@@ -47,6 +47,22 @@ def main() -> None:
     for kind in (*tw.BACKGROUNDS, "all"):
         cells = " | ".join(f"{np.mean(rows[kind][c]):.1f}" for c in COLUMNS)
         print(f"| {kind} | {len(rows[kind][COLUMNS[0]])} | {cells} |")
+    thumbnails(shard_images[:512])
+
+
+def thumbnails(images: np.ndarray) -> None:
+    """PSNR / luma / chroma of the 8 x 8 and 16 x 16 bicubic thumbnails, through the evaluation's own metric
+    functions (dualtoken_lite.evaluation.metrics), so the figures compare with a tokenizer's summary.json."""
+    from dualtoken_lite.evaluation.metrics import luma_chroma_psnr
+    from dualtoken_lite.evaluation.metrics import psnr as psnr_batch
+
+    x = tw.to_tensor(images)  # (B, 3, 64, 64) in [-1, 1]
+    print(f"\n| thumbnail (images 0-{len(images) - 1}) | PSNR | luma | chroma |\n|---|---|---|---|")
+    for factor in (8, 4):
+        x_hat = tw.to_tensor(np.stack([resample(image, factor) for image in images]))
+        luma, chroma = luma_chroma_psnr(x_hat, x)
+        side = 64 // factor
+        print(f"| bicubic {side} x {side} | {psnr_batch(x_hat, x).mean():.2f} | {luma.mean():.2f} | {chroma.mean():.2f} |")
 
 
 if __name__ == "__main__":

@@ -179,8 +179,9 @@ print(f"raw pixels -> class: {raw_acc:.1%}; the teacher's own head: {teacher_acc
 # unset, on a 2-core CPU): the pixel probe falls from 33.0 dB on the embedding to 25.4 dB after block 2 and
 # 23.1 dB after block 6; the class probe climbs from 19 % to 77 % after block 2 and 88 % after block 5, while a
 # linear probe on all raw pixels gets 19 % (chance 12.5 %) and the teacher's own head 98.3 %. The tiny preset taps
-# block 2 for pixels (plus block 1 as the shortcut) and block 5 of 6 for semantics, as the paper taps 6 (+4) and
-# 26 of 27.
+# the patch embedding (layer 0) for pixels and block 5 of 6 for semantics; the paper taps block 6 (+ 0.6 x block 4)
+# and 26 of 27. Why not a block for pixels here: this teacher learned to ignore colour, and from its blocks the
+# decoder never learns it back (docs/tiny_recipe.md); SigLIP keeps colour in its early blocks.
 
 # %%
 fig, ax1 = plt.subplots(figsize=(6.5, 3.5))
