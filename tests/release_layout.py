@@ -189,6 +189,7 @@ def load_by_hand(model: DualToken, sd: dict[str, torch.Tensor]) -> DualToken:
 def small_cfg(code_dim: int) -> ModelConfig:
     """The tiny preset with release-sized quantizer shapes scaled down: depth 3, K 64, code dim ``code_dim``."""
     cfg = model_preset("tiny")
+    cfg.pixel_layer, cfg.shortcut_layer = 2, 1  # the release has a shortcut projection
     cfg.pixel_quantizer = QuantizerConfig(code_dim=code_dim, depth=3, codebook_size=64)
     cfg.semantic_quantizer = QuantizerConfig(code_dim=code_dim, depth=3, codebook_size=64)
     return cfg

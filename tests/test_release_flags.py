@@ -109,10 +109,11 @@ def test_seed_sets_the_initial_weights(train_shard, tmp_path):
 
 def test_load_from_takes_a_release_checkpoint_file(train_shard, tmp_path):
     """The release's --load_from names its own .pt file: the run starts from those weights, converted."""
-    cfg = parse_args([*FAST, "--train-data", train_shard, "--out", str(tmp_path / "run")])
+    taps = ["--model.pixel_layer", "2", "--model.shortcut_layer", "1"]  # release checkpoints have a shortcut
+    cfg = parse_args([*FAST, *taps, "--train-data", train_shard, "--out", str(tmp_path / "run")])
     state = random_release_state(cfg.model)
     torch.save({"state_dict": state}, tmp_path / "stage1.pt")
-    cfg = parse_args([*FAST, "--train-data", train_shard, "--out", str(tmp_path / "run"),
+    cfg = parse_args([*FAST, *taps, "--train-data", train_shard, "--out", str(tmp_path / "run"),
                       "--load_from", str(tmp_path / "stage1.pt")])
     tr = build_trainer(cfg, dist_utils.setup("cpu"))
     want, _, _ = model_from_release(state, "tiny")

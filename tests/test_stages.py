@@ -17,6 +17,7 @@ PIXEL_PARTS = ("pixel_proj.", "shortcut_proj.", "pixel_post_proj.", "post_quant_
 
 def tiny_config(variant: str):
     cfg = model_preset("tiny")
+    cfg.pixel_layer, cfg.shortcut_layer = 2, 1  # the paper's tap structure (stage 2 freezes before the shortcut)
     if variant == "deep-shortcut":  # so that stage 2 freezes some blocks: blocks 1..2 precede the shortcut
         cfg.shortcut_layer, cfg.pixel_layer = 3, 4
     return cfg

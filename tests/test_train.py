@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # A small, fast run: tiny preset, small codebooks, its own tower as teacher, one thread.
 FAST = ["--preset", "tiny", "--teacher", "backbone", "--batch_size", "4", "--threads", "1",
         "--model.pixel_quantizer.codebook_size", "64", "--model.semantic_quantizer.codebook_size", "64",
-        "--log_every", "1", "--image_every", "0", "--eval_every", "0", "--eval_samples", "8"]
+        "--log_every", "1", "--image_every", "0", "--eval_every", "0", "--eval_samples", "8",
+        "--bf16", "false"]  # exact comparisons below: fp32
 
 
 def _write_shard(path: Path, split: str, n: int, corrupt: tuple[int, ...] = ()) -> str:

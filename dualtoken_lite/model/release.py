@@ -126,6 +126,8 @@ def release_model_config(state: dict[str, Tensor], model_name: str | None = None
         raise ConfigError(f"the checkpoint's tower has a {grid}x{grid} grid, which no released config has; "
                           f"give --model ({sorted(RELEASE_MODELS)})")
     cfg = model_preset(name)
+    if cfg.shortcut_layer is None:  # the release always has a shortcut: a preset without one (tiny, which reads the
+        cfg.pixel_layer, cfg.shortcut_layer = 2, 1  # patch embedding) gets the paper's structure at its own size
     if cfg.backbone.grid != grid:
         raise ConfigError(f"--model {model_name!r} is the {cfg.backbone.grid}x{cfg.backbone.grid} preset {name!r}, "
                           f"but the checkpoint's tower has a {grid}x{grid} grid")
