@@ -106,8 +106,9 @@ print("27x27 -> 24x24, first columns sample source x =", [round(v, 3) for v in s
 
 # %%
 blk = model.post_quant_block
-inline = blk.conv1(F.silu(F.group_norm(z, 32, blk.norm1.weight, blk.norm1.bias, eps=1e-6)))
-inline = blk.conv2(F.silu(F.group_norm(inline, 32, blk.norm2.weight, blk.norm2.bias, eps=1e-6)))
+groups = model.cfg.decoder_norm_groups  # 32 in the paper; 8 for tiny's 32-channel levels (docs/tiny_recipe.md)
+inline = blk.conv1(F.silu(F.group_norm(z, groups, blk.norm1.weight, blk.norm1.bias, eps=1e-6)))
+inline = blk.conv2(F.silu(F.group_norm(inline, groups, blk.norm2.weight, blk.norm2.bias, eps=1e-6)))
 inline = blk.skip(z) + inline  # (B, C_in, g, g)
 torch.testing.assert_close(inline, blk(z))
 print("post-quant block:", tuple(z.shape), "->", tuple(inline.shape))

@@ -231,3 +231,17 @@ def test_fused_adamw_changes_no_update(shards, tmp_path):
                                    msg=lambda m, name=name: f"{name}: {m}")
         compared += int(real.sum())
     assert compared > 0.99 * sum(w.numel() for w in plain.values())
+
+
+def test_the_first_tiny_recipe_still_validates():
+    """The tiny preset's changes (docs/tiny_recipe.md) are plain overrides: the old recipe is one command line away."""
+    cfg = parse_args(["--model.pixel_layer", "2", "--model.shortcut_layer", "1", "--model.decoder_norm_groups", "32",
+                      "--bf16", "false"])
+    assert (cfg.model.pixel_layer, cfg.model.shortcut_layer, cfg.model.decoder_norm_groups, cfg.bf16) == (2, 1, 32, False)
+
+
+def test_the_summary_reports_luma_and_chroma(shards, tmp_path):
+    summary = run(parse_args(_args(shards, tmp_path / "run", "--max_steps", "2", "--save_every", "0")))
+    figures = summary["eval"]
+    assert {"psnr", "psnr_luma", "psnr_chroma"} <= set(figures)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]["psnr_chroma"] == figures["psnr_chroma"]
