@@ -1,5 +1,7 @@
 """Image pre- and post-processing: anything image-like in, a (3, h, w) float tensor in [-1, 1] out (docs/method.md §5).
 
+(Slightly over ~300 lines: most of it is the table of accepted image modes and layouts, kept beside its code.)
+
 DualToken works on RGB in [-1, 1] (``Normalize(mean=0.5, std=0.5)``; docs/method.md §3). The transforms of docs/method.md §5:
 
     train   RandomResizedCrop(size, scale=(0.9, 1.0), bicubic)          -> [-1, 1]

@@ -1,5 +1,8 @@
 """Data loading: shards or folders -> batches of (B, 3, h, w) images in [-1, 1], resumable at any batch (docs/method.md §5).
 
+(Longer than the usual ~300 lines on purpose: the ordering contract below and the one stream that keeps it are
+one concept, and splitting them would put the contract in one file and its only implementation in another.)
+
     loader = build_loader("data/tinyworld/train-{0000..0003}.tar", image_size=64, batch_size=32, train=True,
                           num_workers=2, seed=0, rank=rank, world_size=world_size)
     for epoch in range(start_epoch, epochs):
