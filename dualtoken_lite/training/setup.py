@@ -122,7 +122,7 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     perceptual = perceptual.to(world.device) if perceptual is not None else None
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else world.device.type == "cuda"
     tr = Trainer(cfg=cfg, world=world, model=model, teacher=teacher, head=head, optimizer=optimizer,
-                 scheduler=scheduler, loader=loader, total_steps=total, adversary=adversary,
+                 scheduler=scheduler, loader=loader, steps_per_epoch=steps_per_epoch, total_steps=total, adversary=adversary,
                  perceptual=perceptual, autocast=use_bf16)
     if cfg.resume:
         resume(tr, cfg.resume)

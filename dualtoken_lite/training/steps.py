@@ -46,6 +46,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer  # AdamW of the tokenizer
     scheduler: torch.optim.lr_scheduler.LRScheduler  # warmup + cosine
     loader: object  # datasets.loader's resumable loader of training batches
+    steps_per_epoch: int  # optimizer steps per data epoch (after gradient accumulation)
     total_steps: int  # optimizer steps of the whole run
     adversary: Adversary | None = None  # the discriminator's side; None when the run has no GAN
     perceptual: nn.Module | None = None  # LPIPS, when the loss config asks for it
@@ -178,8 +179,7 @@ class Trainer:
                 "eval": self.evaluate() if self.cfg.eval_data else {}}
 
     def save_due(self, step: int) -> bool:
-        steps_per_epoch = max(1, len(self.loader) // self.cfg.grad_accum)
-        every = self.cfg.save_every if self.cfg.save_every > 0 else -self.cfg.save_every * steps_per_epoch
+        every = self.cfg.save_every if self.cfg.save_every > 0 else -self.cfg.save_every * self.steps_per_epoch
         return every > 0 and step % every == 0
 
     # ---------------------------------------------------------------------------------------- state
