@@ -77,7 +77,7 @@ PRESETS: dict[str, TrainConfig] = {
     # and a narrower discriminator (32 base channels, 434,625 parameters, 8x8 logits at 64 px) for the small decoder.
     "tiny": TrainConfig(
         preset="tiny",
-        bf16=True,  # bf16 autocast on the CPU too: 1.79x faster steps, PSNR unchanged (benchmarks/step_speed.py)
+        bf16=True,  # bf16 autocast on the CPU too: 1.36x faster steps, PSNR unchanged (benchmarks/step_speed.py)
         model=ModelConfig(
             # The pixel codebook reads the patch embedding (tap 0), not block 2 + 0.6 x block 1: the tiny teacher
             # learned to ignore colour (its shapes come in random colours), so its blocks pass too little colour

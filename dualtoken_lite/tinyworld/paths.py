@@ -1,7 +1,8 @@
 """Where the tiny world lives, and the names that stand for it on the command line (docs/method.md §9).
 
 The one place that knows these paths: the shards (``data/tinyworld/``, eval committed, train written on first
-use) and the shipped teacher (``data/teacher/``), both under the repository's top-level ``data/`` folder.
+use), the shipped teacher (``data/teacher/``) and the shipped tiny tokenizer (``data/tokenizer/``), all under the
+repository's top-level ``data/`` folder.
 
 ``shards.resolve_data`` turns those names into shard paths; nothing else in the package spells these paths.
 """
@@ -13,4 +14,5 @@ from pathlib import Path
 DATA_ROOT = Path(__file__).resolve().parents[2] / "data"  # the repository's data/ folder
 TINYWORLD_ROOT = DATA_ROOT / "tinyworld"  # {train,eval}-NNNN.tar
 TEACHER_DIR = DATA_ROOT / "teacher"  # teacher.safetensors + teacher.json
+TOKENIZER_DIR = DATA_ROOT / "tokenizer"  # the shipped tiny tokenizer: what `make demo` trains (save_pretrained folder)
 SOURCE_NAMES = {"tinyworld": "train", "tinyworld-eval": "eval"}  # command-line name -> split

@@ -13,7 +13,7 @@ Here each variant is the tiny preset with its taps moved (``VARIANTS``), trained
 PSNR and SSIM for all, and, for the two with a semantic branch, the semantic accuracy (the teacher's class head
 on the pooled embedding computed from the quantized path, the stand-in for zero-shot; docs/method.md §6, §9).
 
-    OMP_NUM_THREADS=2 python -m dualtoken_lite.ablation --steps 500 --seeds 0 1 --out runs/ablation   # 8 runs, ~1 h (est.)
+    python -m dualtoken_lite.ablation --steps 1200 --seeds 0 1 --threads 1 --out runs/ablation   # 8 runs
     python -m dualtoken_lite.ablation --steps 2 --seeds 0 --batch_size 4 --teacher backbone   # smoke run
 
 Any other ``--flag value`` goes to every run's trainer (``python -m dualtoken_lite.train --help`` names them);
@@ -48,8 +48,9 @@ class Variant:
     paper_zero_shot: float | None  # the paper's zero-shot top-1 (%); None: no semantic branch
 
 
-# The tiny tower has 6 blocks: block 5 plays the paper's block 26 (deep), block 2 its block 6 (shallow, with a
-# shortcut from block 1 in the place of block 4).
+# The tiny tower has 6 blocks: block 5 plays the paper's block 26 (deep). The shallow tap is the tiny preset's:
+# the patch embedding (tap 0, no shortcut), where the tiny teacher still keeps colour (docs/tiny_recipe.md); the
+# paper's shallow tap is block 6 (+ 0.6 x block 4), where SigLIP still keeps it.
 VARIANTS: dict[str, Variant] = {v.key: v for v in (
     Variant("shared", "(a) one deep layer, one codebook, both losses",
             ("--model.pixel_layer", "5", "--model.semantic_layer", "5", "--model.shared_quantizer", "true",
@@ -58,10 +59,10 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in (
             ("--model.pixel_layer", "5", "--model.semantic_layer", "none", "--model.shortcut_layer", "none"),
             0.27, 27.9, None),
     Variant("shallow", "(c) shallow layer, reconstruction only",
-            ("--model.pixel_layer", "2", "--model.shortcut_layer", "1", "--model.semantic_layer", "none"),
+            ("--model.pixel_layer", "0", "--model.shortcut_layer", "none", "--model.semantic_layer", "none"),
             0.29, 28.1, None),
     Variant("dual", "(d) DualToken: shallow pixel + deep semantic",
-            ("--model.pixel_layer", "2", "--model.shortcut_layer", "1", "--model.semantic_layer", "5",
+            ("--model.pixel_layer", "0", "--model.shortcut_layer", "none", "--model.semantic_layer", "5",
              "--model.shared_quantizer", "false"), 0.25, 28.7, 82.0),
 )}
 METRICS = ("psnr", "ssim", "semantic_accuracy", "teacher_accuracy")  # read from each run's summary["eval"]
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      epilog="Other --flag value pairs are passed to every training run.",
                                      allow_abbrev=False)
-    parser.add_argument("--steps", type=int, default=500, help="optimizer steps of every run (one budget)")
+    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps of every run (one budget; the main job's 1,200)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one run per seed and variant")
     parser.add_argument("--out", default="runs/ablation", help="folder of the runs, ablation.json and .md")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
