@@ -15,15 +15,24 @@
 # %% [markdown]
 # # 01 · Vector quantization: nearest codes, straight-through gradients, EMA codebooks
 #
+# **Runtime** (default settings, `pytest --nbval-lax`, 1 Dec 2026): 10 s and 15 s in two runs with 1 torch
+# thread on a shared 2-core CPU, at load average 2.6 and 3.9 from other jobs (51 s with
+# `DUALTOKEN_LITE_THREADS=2` on the same busy cores, load 3.4). This notebook has one budget: its default
+# already runs the full settings (300 EMA steps), so `DUALTOKEN_LITE_FULL=1` changes nothing here.
+#
 # DualToken turns an image into integers: every feature vector of a vision transformer is replaced by the
 # index of its nearest **code** in a learned codebook (docs/method.md §2). This notebook builds that piece by piece on
 # 2-D points you can see, then checks each piece against `dualtoken_lite`:
 #
-# 1. nearest-code lookup, and why it is chunked;
+# 1. nearest-code lookup, and why it is chunked and computed in fp32;
 # 2. the straight-through estimator, which lets gradients cross the (non-differentiable) lookup;
 # 3. the commitment loss;
 # 4. EMA k-means codebook updates, once per optimizer step;
 # 5. codebook collapse, and the dead-code restart that cures it.
+#
+# Every number quoted in the prose is measured by this run and checked against
+# `notebooks/figures/01_vector_quantization.json` (`Figures.check`): if the code changes what it computes, the
+# notebook fails instead of the prose going stale.
 #
 # **Notation, used in every notebook and module:** B batch, H x W token grid, N = H W tokens, C backbone
 # width, d code dim, D residual depth, K codebook size, (h, w) image pixels. A codebook is a (K, d) matrix
@@ -31,18 +40,18 @@
 
 # %%
 import math
+import time
 
 import matplotlib.pyplot as plt
 import torch
 
+from dualtoken_lite.notebook_runtime import Figures, start
 from dualtoken_lite.quantizers.codebook import Codebook, nearest_code
 from dualtoken_lite.quantizers.vector import VectorQuantizer, commitment_loss, straight_through
-from dualtoken_lite.settings import quick_mode
 
-torch.manual_seed(0)
-QUICK = quick_mode()  # DUALTOKEN_LITE_QUICK=1 shrinks the training loops below (used under test)
-STEPS = 40 if QUICK else 300
-
+FULL = start(0)  # seeds torch, uses cores - 1 threads; the default path already is this notebook's full budget
+figures = Figures("01_vector_quantization")  # the numbers the prose quotes, checked below
+STEPS = 300  # EMA steps in sections 4-6
 
 def blobs(n: int, generator=None) -> torch.Tensor:
     """n 2-D points from 8 Gaussian blobs on a ring of radius 4: (n, 2)."""
@@ -85,18 +94,55 @@ plt.axis("equal")
 plt.show()
 
 # %% [markdown]
-# ### Why the library chunks the lookup
+# ### Why the library chunks the lookup, and computes it in fp32
 #
 # The distance matrix is N x K. At paper scale a batch of 32 images x 729 positions against K = 16,384 codes
 # is 32 x 729 x 16,384 x 4 bytes = 1.5 GB in fp32, for one depth of one branch. `nearest_code` computes it
-# `chunk_size` rows at a time (256 by default: each (256, K) block stays in the CPU cache, which also makes it
-# faster than one big product). It also computes in fp32 under bf16 autocast: bf16 rounding picks a different
-# code for a few percent of vectors. Chunking changes memory, not answers:
+# `chunk_size` rows at a time (256 by default), so at most a (256, K) block exists at once. Chunking changes
+# memory, not answers. Whether it also changes speed depends on the machine (cache size, BLAS, load): the cell
+# times both ways in this process and prints the ratio, but nothing here relies on it.
 
 # %%
 print(f"paper-scale distance matrix: {32 * 729 * 16384 * 4 / 1e9:.2f} GB")
 for chunk_size in (1, 7, 256, 5000):
     assert torch.equal(nearest_code(x, codebook, chunk_size=chunk_size), codes)
+
+g = torch.Generator().manual_seed(2)  # its own generator: the cells below see the same random stream either way
+z_many, e_many = torch.randn(8192, 32, generator=g), torch.randn(4096, 32, generator=g)  # 134 MB of distances whole
+seconds = {size: [] for size in (256, len(z_many))}
+for _ in range(3):  # interleaved, best of three: the machine may be busy
+    for size in seconds:
+        t0 = time.perf_counter()
+        nearest_code(z_many, e_many, chunk_size=size)
+        seconds[size].append(time.perf_counter() - t0)
+print(f"one product: {min(seconds[8192]) * 1e3:.0f} ms, chunks of 256: {min(seconds[256]) * 1e3:.0f} ms "
+      f"(ratio {min(seconds[8192]) / min(seconds[256]):.2f}; a timing, it varies with the machine and its load)")
+
+# %% [markdown]
+# The lookup also runs in fp32 when the model trains under bf16 autocast. bf16 keeps 8 significant bits, so
+# each input of $z \cdot e_j$ is rounded by up to $2^{-8} \approx 0.4\,\%$, enough to reorder two codes at
+# nearly the same distance. The cell
+# measures how often: 4,096 random 32-dim vectors against K random codes, nearest code from fp32 distances vs
+# from the same formula under bf16 autocast. In this run bf16 picks a different code for 0.8 % of the vectors
+# at K = 512 (the tiny preset) and for 2.0 % at K = 16,384 (the paper): random vectors, so how often it
+# happens in training depends on how close each vector's runner-up code is. `nearest_code` switches autocast off
+# inside, so it returns the fp32 codes either way.
+
+# %%
+def bf16_disagreement(K: int, n: int = 4096, d: int = 32) -> float:
+    """Share of n random vectors whose nearest of K random codes differs between bf16-autocast and fp32 distances."""
+    g = torch.Generator().manual_seed(K)
+    z, embed = torch.randn(n, d, generator=g), torch.randn(K, d, generator=g)  # (n, d), (K, d)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dist = embed.pow(2).sum(-1) - 2 * z @ embed.T  # (n, K); the product runs in bf16 under autocast
+        assert torch.equal(nearest_code(z, embed), nearest_code(z.float(), embed.float()))  # library: fp32
+    return float((dist.argmin(-1) != nearest_code(z, embed)).float().mean())
+
+
+bf16_wrong = {K: bf16_disagreement(K) for K in (512, 16384)}
+print("bf16 picks a different code for", ", ".join(f"{v:.1%} at K = {K}" for K, v in bf16_wrong.items()))
+figures.check("default/bf16_code_disagreement_K512", bf16_wrong[512], tol=0.004)
+figures.check("default/bf16_code_disagreement_K16384", bf16_wrong[16384], tol=0.004)
 with torch.autocast("cpu", dtype=torch.bfloat16):
     assert torch.equal(nearest_code(x, codebook), codes)
 
@@ -163,8 +209,9 @@ print(f"commitment loss {loss.item():.4f}")
 # $n_k$ and $s_k$ come from `bincount` and `index_add`, never an N x K one-hot matrix. In the library a
 # forward pass only *accumulates* $n_k, s_k$; `update()` applies them once per optimizer step, so k
 # micro-batches update exactly like one k-times-larger batch (docs/method.md §7.2). Below, the inline version and the
-# library's `Codebook` run side by side from the same start (full run, 300 steps, measured on a 2-core CPU:
-# the mean squared error falls from 0.58 to 0.35, in about a second).
+# library's `Codebook` run side by side from the same start, 300 steps; the mean squared quantization error of
+# the 2,000 points (the sum over the 2 coordinates, as in section 1) falls from 0.817 after the first step to
+# 0.343.
 
 # %%
 def ema_kmeans_step(embed, size, avg, batch, decay=0.99, eps=1e-5):
@@ -194,6 +241,8 @@ for _ in range(STEPS):
 torch.testing.assert_close(library.embed, embed, rtol=1e-4, atol=1e-4)
 print(f"quantization error {errors[0]:.3f} -> {errors[-1]:.3f} after {STEPS} EMA steps")
 assert errors[-1] < errors[0]
+figures.check("default/ema_error_first_step", errors[0], tol=0.01)
+figures.check("default/ema_error_last_step", errors[-1], tol=0.01)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -218,8 +267,8 @@ plt.show()
 #   "effectively" in use, K for a uniform histogram.
 #
 # The cure DualToken uses (docs/method.md §2): a code whose EMA count $N_k$ drops below 1 is **restarted** at a random
-# vector of the current batch. From a start at (12, 12), 300 steps (measured on a 2-core CPU) leave 2 of 32
-# codes in use (utilisation 0.06) without restarts, and all 32 with them.
+# vector of the current batch. From a start at (12, 12), 300 steps leave 2 of 32 codes in use without
+# restarts (utilisation 0.06), and 32 of 32 with them.
 
 # %%
 def train_codebook(restart: bool, K=32, steps=STEPS, seed=1):
@@ -242,6 +291,8 @@ used_plain, embed_plain = train_codebook(restart=False)
 used_restart, embed_restart = train_codebook(restart=True)
 print(f"utilisation after {STEPS} steps: without restart {used_plain[-1]:.2f}, with restart {used_restart[-1]:.2f}")
 assert used_plain[-1] < 0.3 and used_restart[-1] > 0.8
+figures.check("default/codes_used_no_restart", used_plain[-1] * 32, tol=1)  # seeded; 1 code of slack for threads
+figures.check("default/codes_used_restart", used_restart[-1] * 32, tol=1)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -275,6 +326,7 @@ vq.eval()
 before = vq.codebook.embed.clone()
 vq(blobs(512))
 assert vq.update_codebook()["updated"] == 0 and torch.equal(vq.codebook.embed, before)
+figures.save()  # under DUALTOKEN_LITE_WRITE_FIGURES=1: record this run's figures
 
 # %% [markdown]
 # Next: **02 · residual quantization** spends D codes per vector, each quantizing what the previous ones
