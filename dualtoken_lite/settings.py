@@ -1,4 +1,4 @@
-"""Plumbing shared by every config dataclass: the error type, dict round trips, and the notebooks' quick switch.
+"""Plumbing shared by every config dataclass: the error types and dict round trips.
 
 Configs are plain ``@dataclass``es (STYLE habit 5); ``to_dict`` / ``from_dict`` turn them into JSON and back,
 checking field names and types so that a hand-edited ``config.json`` fails with a message naming the field.
@@ -10,14 +10,6 @@ import dataclasses
 import math
 import os
 from typing import Any
-
-QUICK_ENV = "DUALTOKEN_LITE_QUICK"
-
-
-def quick_mode() -> bool:
-    """The one switch that shrinks notebook workloads under test (``DUALTOKEN_LITE_QUICK=1``)."""
-    return os.environ.get(QUICK_ENV, "0") not in ("", "0", "false", "False")
-
 
 TRACEBACK_ENV = "DUALTOKEN_LITE_TRACEBACK"  # set to 1 to see the traceback of a user error too
 
