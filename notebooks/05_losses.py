@@ -32,8 +32,8 @@
 # `python -m dualtoken_lite.train`) that switch one term at a time, two seeds each. Last, the question the paper
 # was written for: what goes wrong when one layer and one codebook serve both objectives.
 #
-# **Runtime.** Default path: RT05. It loads the eight training runs (and the ablation
-# of section 9) from small records that ship in `notebooks/figures/05_losses/`, so the full-budget pictures
+# **Runtime.** Default path: 17 s (`pytest --nbval-lax`, 2 Dec 2026, idle 2-core CPU, 1 thread). It loads
+# the eight training runs (and the ablation of section 9) from small records that ship in `notebooks/figures/05_losses/`, so the full-budget pictures
 # appear at once. `DUALTOKEN_LITE_FULL=1` retrains the eight runs (240 steps at batch 16 each: 51 minutes here on
 # one thread while two other jobs shared the 2-core CPU, load average near 3) and the ablation (reused from
 # `runs/ablation` when it is there; 83 minutes under the same load otherwise), and asserts that

@@ -25,7 +25,8 @@
 # each residual depth, what each depth adds to the picture, the token sequence a language model reads, and an
 # explorer that swaps pixel codes and transplants semantic codes between images.
 #
-# **Runtime.** Default path: under a minute on a 2-core CPU; it loads the shipped tokenizer. With
+# **Runtime.** Default path: 147 s (`pytest --nbval-lax`, 2 Dec 2026, idle 2-core CPU, 1 thread); it loads the
+# shipped tokenizer. With
 # `DUALTOKEN_LITE_FULL=1` the notebook first runs the main job itself (about 8 minutes on a quiet 2-core CPU with
 # `DUALTOKEN_LITE_THREADS=2`,
 # plus a minute to write the training shards on first use) and asserts that its model gives the shipped one's

@@ -45,6 +45,24 @@ def test_notebook_twins_hold_the_same_cells(script: Path):
     assert not outputs, f"{twin.name} is committed with outputs: strip them (pre-commit does)"
 
 
+@pytest.mark.parametrize("script", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_published_notebooks_are_the_current_sources_with_outputs(script: Path):
+    """docs/notebooks/ holds each notebook executed at default settings (`make publish`): same cells, with outputs."""
+    published = ROOT / "docs" / "notebooks" / f"{script.stem}.ipynb"
+    assert published.exists(), f"{published.name} is not published: run `make publish`"
+    assert _cells(script) == _cells(published), f"{published.name} is stale: run `make publish`"
+    code = [c for c in jupytext.read(published).cells if c.cell_type == "code"]
+    assert any(c.get("outputs") for c in code), f"{published.name} has no outputs: run `make publish`"
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{published.name} was published with an error: {errors[0].get('ename')}"
+
+
+def test_readme_links_every_published_notebook():
+    readme = (ROOT / "README.md").read_text()
+    missing = [s.stem for s in NOTEBOOKS if f"docs/notebooks/{s.stem}.ipynb" not in readme]
+    assert not missing, f"README does not link the published notebooks {missing}"
+
+
 def test_ci_runs_the_test_command_that_readme_gives():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
