@@ -33,6 +33,8 @@ PHOTOS = {
 }
 BACKGROUNDS = ("flat", "gradient", "stripes", "photo")
 FILLS = ("flat", "gradient", "stripes", "checks")
+HUES = ("red", "yellow", "green", "cyan", "blue", "magenta", "grey")  # named bins of the shape's paint colour
+GREY_CHROMA = 0.15  # a paint whose mean colour has chroma (max - min of RGB) below this is "grey"
 
 
 @dataclass
@@ -242,6 +244,26 @@ def fill(kind: str, rng: np.random.Generator, size: int, away_from: np.ndarray, 
     return two_tone(_checks(rng, size), c0, c1)
 
 
+def hue_bin(rgb: np.ndarray) -> str:
+    """The named hue bin of an RGB colour in [0, 1]: six 60-degree sectors centred on the primaries and
+    secondaries (red at 0 degrees), or "grey" when its chroma is below ``GREY_CHROMA``.
+
+    Read from the mean paint, so it draws no random numbers: adding it changed no image of the tiny world. The
+    hue survives ``light_figure`` (an affine map a + b * rgb with b > 0 keeps every hue).
+    """
+    r, g, b = (float(v) for v in rgb)
+    chroma = max(r, g, b) - min(r, g, b)
+    if chroma < GREY_CHROMA:
+        return "grey"
+    if r == max(r, g, b):
+        degrees = 60 * (((g - b) / chroma) % 6)
+    elif g == max(r, g, b):
+        degrees = 60 * ((b - r) / chroma + 2)
+    else:
+        degrees = 60 * ((r - g) / chroma + 4)
+    return HUES[int(((degrees + 30) % 360) // 60)]
+
+
 def light_figure(ground: np.ndarray, figure: np.ndarray, cfg: TinyWorldConfig) -> tuple[np.ndarray, np.ndarray]:
     """Darken the ground into [0, ground_max] and lighten the figure into [figure_min, 1].
 
@@ -257,7 +279,10 @@ def light_figure(ground: np.ndarray, figure: np.ndarray, cfg: TinyWorldConfig) -
 
 
 def make_sample(index: int, split: str = "train", cfg: TinyWorldConfig | None = None) -> tuple[np.ndarray, dict]:
-    """Sample ``index`` of ``split``: an image (h, w, 3) uint8 and its metadata (label = index % classes)."""
+    """Sample ``index`` of ``split``: an image (h, w, 3) uint8 and its description (label = index % classes).
+
+    The description: label, class, split, index, background and fill kinds, the paint's hue bin, the photo's name.
+    """
     image, _, meta = make_sample_with_mask(index, split, cfg)
     return image, meta
 
@@ -273,12 +298,13 @@ def make_sample_with_mask(index: int, split: str = "train", cfg: TinyWorldConfig
     fill_kind = FILLS[rng.choice(len(FILLS), p=cfg.fill_probs)]
     bg, photo = background(bg_kind, rng, split, size)
     paint = fill(fill_kind, rng, size, bg.mean((0, 1)), cfg.min_contrast)
+    hue = hue_bin(paint.mean((0, 1)))  # the paint's mean colour, before lightening (draws no random numbers)
     bg, paint = light_figure(bg, paint, cfg)
     mask = shape_mask(CLASSES[label], rng, cfg)[..., None]  # (h, w, 1) coverage
     image = bg * (1 - mask) + paint * mask
     image = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
     meta = {"label": label, "class": CLASSES[label], "split": split, "index": index,
-            "background": bg_kind, "fill": fill_kind, "photo": photo}
+            "background": bg_kind, "fill": fill_kind, "hue": hue, "photo": photo}
     return image, np.rint(mask[..., 0] * 255).astype(np.uint8), meta
 
 
