@@ -1,0 +1,121 @@
+"""Judging generated images with the tiny world's teacher: class accuracy and a Frechet distance (issue 12).
+
+    judge = Judge(reference_images)                       # uint8 (M, 64, 64, 3) held-out images
+    judge(images, labels)   # -> {"teacher_accuracy", "per_class_accuracy", "frechet", "count"}
+
+* **Class accuracy of the decoded pixels**: the teacher (shape classifier, data/teacher) reads each image; a
+  "star" prompt scores when the teacher says star. Chance is 1/8.
+* **Frechet distance** between teacher embeddings (the pooled 128-d MAP output) of the images and of the held-out
+  reference set: ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), the FID formula with the teacher in place
+  of Inception (evaluation/external.build_fid with a custom feature). A sampler that draws one image per class
+  has a collapsed covariance and scores badly even when every image is classified right.
+
+The ceiling of any generator that decodes through this tokenizer: the same two figures on the tokenizer's own
+reconstructions of held-out images (``reconstruction_ceiling``), measured on images other than the reference ones.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dualtoken_lite.evaluation.external import build_fid
+from dualtoken_lite.tinyworld.generator import CLASSES, make_sample, to_tensor
+from dualtoken_lite.tinyworld.teacher import load_teacher
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """Decoded images (B, 3, h, w) in [-1, 1] -> uint8 (B, h, w, 3), as a PNG would store them."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def decode_depths(tokenizer, pixel_codes: torch.Tensor) -> torch.Tensor:
+    """Pixel codes of the first d depths (B, H, W, d) -> images (B, 3, h, w): the decoder reads their partial sum."""
+    quantizer = tokenizer.pixel_quantizer
+    q = sum(quantizer.codebook_at(k).embed[pixel_codes[..., k]] for k in range(pixel_codes.shape[-1]))  # (B, H, W, c)
+    return tokenizer.decode_quantized(q)
+
+
+def held_out_images(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-split samples start .. start+count-1: uint8 images (B, h, w, 3) and class labels (B,)."""
+    samples = [make_sample(i, "eval") for i in range(start, start + count)]
+    return np.stack([s[0] for s in samples]), np.array([s[1]["label"] for s in samples])
+
+
+class TeacherFeatures(nn.Module):
+    """uint8 images (B, 3, h, w) -> the teacher's pooled embedding (B, E): the Frechet distance's feature."""
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = copy.deepcopy(trunk)  # its own copy: torchmetrics casts its feature network to float64
+        self.num_features = int(trunk(torch.zeros(1, 3, 64, 64)).shape[-1])  # E (torchmetrics asks for it)
+
+    def forward(self, images: Tensor) -> Tensor:
+        dtype = next(self.trunk.parameters()).dtype
+        return self.trunk(images.to(dtype) / 127.5 - 1.0)  # [0, 255] -> [-1, 1] (tinyworld.to_tensor's scale)
+
+
+class Judge:
+    """Teacher accuracy and teacher-embedding Frechet distance of image sets against one reference set."""
+
+    def __init__(self, reference: np.ndarray, teacher_dir: str | None = None, batch_size: int = 256):
+        self.trunk, self.head = load_teacher(teacher_dir)
+        self.batch_size = batch_size
+        self.fid = build_fid(feature=TeacherFeatures(self.trunk))
+        self.fid.reset_real_features = False  # the reference statistics are computed once, kept across calls
+        for chunk in self._chunks(reference):
+            self.fid.update(chunk, real=True)
+        self.reference_count = len(reference)
+
+    def _chunks(self, images: np.ndarray):
+        """uint8 (B, h, w, 3) -> uint8 tensors (b, 3, h, w) of at most batch_size images."""
+        for i in range(0, len(images), self.batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size])).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (B, h, w, 3) -> the teacher's class (B,)."""
+        out = [self.head(self.trunk(to_tensor(images[i : i + self.batch_size]))).argmax(1)
+               for i in range(0, len(images), self.batch_size)]
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, labels: np.ndarray) -> dict:
+        """uint8 images (B, h, w, 3) meant to show classes ``labels`` (B,) -> accuracy and Frechet distance."""
+        hits = self.classify(images) == np.asarray(labels)
+        self.fid.reset()
+        for chunk in self._chunks(images):
+            self.fid.update(chunk, real=False)
+        per_class = {name: float(hits[labels == k].mean()) for k, name in enumerate(CLASSES) if (labels == k).any()}
+        return {"teacher_accuracy": float(hits.mean()), "per_class_accuracy": per_class,
+                "frechet": float(self.fid.compute()), "count": len(images)}
+
+
+@torch.no_grad()
+def reconstruct(tokenizer, images: np.ndarray, depths: int | None = None, batch_size: int = 128) -> np.ndarray:
+    """uint8 images (B, h, w, 3) -> the tokenizer's reconstructions from their first ``depths`` pixel depths
+    (default: all of them), uint8 (B, h, w, 3)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        pixel, _ = tokenizer.encode(to_tensor(images[i : i + batch_size]))  # (b, H, W, D_pix)
+        out.append(to_uint8(decode_depths(tokenizer, pixel[..., :depths])))
+    return np.concatenate(out)
+
+
+def reconstruction_ceiling(judge: Judge, tokenizer, start: int, count: int, depths: tuple[int, ...] = ()) -> dict:
+    """The figures a perfect generator through this tokenizer would get, and those of the real images themselves.
+
+    Held-out images start .. start+count-1 (disjoint from the reference set): their reconstructions judged like
+    generated ones ("reconstructions"; "reconstructions_depth{d}" from the first d pixel depths for each d in
+    ``depths``), and the originals too ("originals": the Frechet distance between two
+    real samples of the same size, the floor set by sampling noise).
+    """
+    images, labels = held_out_images(start, count)
+    out = {"reconstructions": judge(reconstruct(tokenizer, images), labels), "originals": judge(images, labels),
+           "images": f"eval {start}..{start + count - 1}"}
+    for d in depths:  # the ceiling of a generator that models only the first d pixel depths
+        out[f"reconstructions_depth{d}"] = judge(reconstruct(tokenizer, images, d), labels)
+    return out
