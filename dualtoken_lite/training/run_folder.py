@@ -142,9 +142,9 @@ def check_writable(folder: Path) -> None:
             raise RunFolderError(f"{target} is not writable; give a writable --out")
 
 
-def clear_run(folder: Path) -> None:
-    """--overwrite: remove the previous run's files (only those a run writes) before the new run starts."""
-    for name in RUN_FILES:
+def clear_run(folder: Path, names: tuple[str, ...] = RUN_FILES) -> None:
+    """--overwrite: remove the previous run's files (only ``names``, what a run writes) before the new run starts."""
+    for name in names:
         path = folder / name
         if path.is_dir():
             shutil.rmtree(path)

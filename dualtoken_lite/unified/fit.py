@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +42,9 @@ from dualtoken_lite.training.checkpoints import (
 )
 from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
 from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
-from dualtoken_lite.unified.weights import save_model
+from dualtoken_lite.training.run_folder import clear_run as clear_folder
+from dualtoken_lite.unified.token_cache import fingerprint
+from dualtoken_lite.unified.weights import count_parameters, load_model, save_model
 
 # settings a resumed run may change; everything else must equal the run's saved config.json
 RESUMABLE = {"loop.steps", "loop.log_every", "loop.save_every", "loop.keep_checkpoints", "loop.threads", "resume",
@@ -115,17 +117,12 @@ def flat_config(cfg) -> dict:
     return out
 
 
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "model", "samples")
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "model", "samples")  # what a run writes
 
 
 def clear_run(out: Path) -> None:
     """Remove what a unified run writes in ``out`` (only those files and folders, never anything else)."""
-    for name in RUN_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    clear_folder(out, RUN_FILES)
 
 
 def plan_run(cfg) -> tuple[str, Path | None, dict | None]:
@@ -151,6 +148,30 @@ def plan_run(cfg) -> tuple[str, Path | None, dict | None]:
         if summary.get("step") == cfg.loop.steps:
             return "finished", point, summary
     return "resume", point, None
+
+
+def open_run(cfg, headline: str) -> tuple[Path | None, dict | None]:
+    """Validate a trainer config and plan its run: (checkpoint to continue or None, None), or (None, summary) when
+    ``cfg.out`` already holds the finished run (its ``headline`` figures are printed). Sets torch's threads and seed."""
+    cfg.validate()
+    action, checkpoint, summary = plan_run(cfg)
+    if action == "finished":
+        print(f"{cfg.out} holds a finished run: {json.dumps(summary[headline])}", file=sys.stderr)
+        return None, summary
+    torch.set_num_threads(cfg.loop.threads)
+    torch.manual_seed(cfg.loop.seed)
+    return checkpoint, None
+
+
+def ship(model: nn.Module, cfg, kind: str, minutes: float, command: str) -> tuple[nn.Module, dict]:
+    """Save the trained model in float16 (``RUN/model``, with its tokenizer's fingerprint) and load it back, so what
+    gets measured is what ships; returns it and the summary fields every unified run records."""
+    tokenizer_id = fingerprint(cfg.tokenizer)
+    save_model(model, Path(cfg.out) / "model", half=True, tokenizer=tokenizer_id)
+    record = {"parameters": count_parameters(model), "train_minutes": round(minutes, 2), "tokenizer": tokenizer_id,
+              "command": command, "threads": cfg.loop.threads,
+              "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+    return load_model(Path(cfg.out) / "model", kind=kind), record
 
 
 class SavesWeights:

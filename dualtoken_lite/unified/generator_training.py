@@ -15,7 +15,6 @@ class accuracy of the decoded pixels and the teacher-embedding Frechet distance.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,11 +28,10 @@ from dualtoken_lite.settings import ConfigError, UserError
 from dualtoken_lite.tinyworld.generator import CLASSES
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
-from dualtoken_lite.unified.fit import LoopConfig, fit, parse_overrides, plan_run
+from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, parse_overrides, ship
 from dualtoken_lite.unified.judge import Judge, held_out_images
 from dualtoken_lite.unified.prompts import SamplingConfig, generate_images, save_sample_grid
-from dualtoken_lite.unified.token_cache import fingerprint, load_or_encode
-from dualtoken_lite.unified.weights import count_parameters, load_model, save_model
+from dualtoken_lite.unified.token_cache import load_or_encode
 
 
 @dataclass
@@ -89,13 +87,9 @@ def measure_generator(generator: ARGenerator, tokenizer, judge: Judge, count: in
 
 def run(cfg: GeneratorTrainConfig, command: str = "") -> dict:
     """Train (or continue, or report) one generator; return its summary."""
-    cfg.validate()
-    action, checkpoint, summary = plan_run(cfg)
-    if action == "finished":
-        print(f"{cfg.out} holds a finished run: {json.dumps(summary['generation'])}", file=sys.stderr)
-        return summary
-    torch.set_num_threads(cfg.loop.threads)
-    torch.manual_seed(cfg.loop.seed)
+    checkpoint, finished = open_run(cfg, "generation")
+    if finished:
+        return finished
     tokenizer = DualToken.from_pretrained(cfg.tokenizer).eval()
     train = load_or_encode(tokenizer, cfg.tokenizer, "train", 0, cfg.train_count, cfg.cache_dir)
     model = ARGenerator(cfg.model, train.layout)
@@ -104,18 +98,13 @@ def run(cfg: GeneratorTrainConfig, command: str = "") -> dict:
     stacks, classes = train.stacks(), train.labels[:, 0]  # (N, H*W, S), (N,) the shape answer = the class id
     start = time.time()
     step = fit(model, cfg, lambda idx, g: model.loss(stacks[idx], classes[idx], g), len(train), checkpoint)
-    minutes = (time.time() - start) / 60
-    tokenizer_id = fingerprint(cfg.tokenizer)
-    save_model(model, Path(cfg.out) / "model", half=True, tokenizer=tokenizer_id)
-    shipped = load_model(Path(cfg.out) / "model", kind="generator")  # measure what ships: the float16 weights
+    shipped, record = ship(model, cfg, "generator", (time.time() - start) / 60, command)
     judge = Judge(held_out_images(0, cfg.reference_count)[0])
     report = measure_generator(shipped, tokenizer, judge, cfg.eval_samples, cfg.sampling,
                                Path(cfg.out) / "samples" / "grid.png")
     summary = {"step": step, "variant": cfg.model.variant, "seed": cfg.loop.seed, "generation": report,
                "reference_images": f"eval 0..{cfg.reference_count - 1}",
-               "train_images": f"train 0..{cfg.train_count - 1}", "parameters": count_parameters(model),
-               "train_minutes": round(minutes, 2), "tokenizer": tokenizer_id, "command": command,
-               "threads": cfg.loop.threads, "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+               "train_images": f"train 0..{cfg.train_count - 1}", **record}
     (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "per_class_accuracy"}, indent=2))
     return summary

@@ -14,7 +14,6 @@ question type (unified/questions.py), beside the majority-answer baseline. ``RUN
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,11 +24,10 @@ import torch
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import ConfigError, UserError
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
-from dualtoken_lite.unified.fit import LoopConfig, fit, parse_overrides, plan_run
+from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, parse_overrides, ship
 from dualtoken_lite.unified.questions import QUESTION_NAMES, majority_baseline
 from dualtoken_lite.unified.reader import Reader, ReaderConfig
-from dualtoken_lite.unified.token_cache import TokenSet, fingerprint, load_or_encode
-from dualtoken_lite.unified.weights import count_parameters, load_model, save_model
+from dualtoken_lite.unified.token_cache import TokenSet, load_or_encode
 
 
 @dataclass
@@ -91,13 +89,9 @@ def evaluate_reader(reader: Reader, held: TokenSet, batch_size: int = 256) -> di
 
 def run(cfg: ReaderTrainConfig, command: str = "") -> dict:
     """Train (or continue, or report) one reader; return its summary."""
-    cfg.validate()
-    action, checkpoint, summary = plan_run(cfg)
-    if action == "finished":
-        print(f"{cfg.out} holds a finished run: {json.dumps(summary['accuracy'])}", file=sys.stderr)
-        return summary
-    torch.set_num_threads(cfg.loop.threads)
-    torch.manual_seed(cfg.loop.seed)
+    checkpoint, finished = open_run(cfg, "accuracy")
+    if finished:
+        return finished
     start = time.time()
     tokenizer = DualToken.from_pretrained(cfg.tokenizer).eval()
     train, held = reader_data(cfg, tokenizer)
@@ -107,18 +101,12 @@ def run(cfg: ReaderTrainConfig, command: str = "") -> dict:
     stacks, labels = train.stacks(), train.labels  # (N, H*W, S), (N, Q)
     train_start = time.time()
     step = fit(model, cfg, lambda idx, g: model.loss(stacks[idx], labels[idx]), len(train), checkpoint)
-    minutes = (time.time() - train_start) / 60
-    tokenizer_id = fingerprint(cfg.tokenizer)
-    save_model(model, Path(cfg.out) / "model", half=True, tokenizer=tokenizer_id)
-    shipped = load_model(Path(cfg.out) / "model", kind="reader")  # measure what ships: the float16 weights
+    shipped, record = ship(model, cfg, "reader", (time.time() - train_start) / 60, command)
     summary = {"step": step, "variant": cfg.model.variant, "seed": cfg.loop.seed,
                "accuracy": evaluate_reader(shipped, held), "majority_baseline": majority_baseline(train.labels,
                                                                                                    held.labels),
                "train_images": f"train 0..{cfg.train_count - 1}", "eval_images": f"eval 0..{cfg.eval_count - 1}",
-               "parameters": count_parameters(model), "train_minutes": round(minutes, 2),
-               "total_minutes": round((time.time() - start) / 60, 2), "tokenizer": tokenizer_id,
-               "command": command, "threads": cfg.loop.threads,
-               "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+               "total_minutes": round((time.time() - start) / 60, 2), **record}
     (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["accuracy"], indent=2))
     return summary
