@@ -26,11 +26,9 @@
 # explorer that swaps pixel codes and transplants semantic codes between images.
 #
 # **Runtime.** Default path: 147 s (`pytest --nbval-lax`, 2 Dec 2026, idle 2-core CPU, 1 thread); it loads the
-# shipped tokenizer. With
-# `DUALTOKEN_LITE_FULL=1` the notebook first runs the main job itself (about 8 minutes on a quiet 2-core CPU with
-# `DUALTOKEN_LITE_THREADS=2`,
-# plus a minute to write the training shards on first use) and asserts that its model gives the shipped one's
-# figures. Every figure quoted in the prose is checked against `notebooks/figures/06_end_to_end.json`.
+# shipped tokenizer. With `DUALTOKEN_LITE_FULL=1` the notebook first runs the main job itself and asserts that its
+# model gives the shipped one's figures: 19 min 25 s under `pytest --nbval-lax` here (2 Dec 2026, idle 2-core CPU,
+# `DUALTOKEN_LITE_THREADS=2`), writing the training shards on first use included; `make demo` alone takes 8 min. Every figure quoted in the prose is checked against `notebooks/figures/06_end_to_end.json`.
 
 # %%
 import tempfile
