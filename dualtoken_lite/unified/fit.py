@@ -106,6 +106,13 @@ def parse_overrides(cfg, argv: list[str], usage: str):
     return cfg
 
 
+def run_command(cfg, run, argv: list[str] | None, module: str, usage: str) -> int:
+    """A trainer's ``main``: parse ``--name value`` overrides onto ``cfg`` and ``run`` it, recording the command."""
+    argv = sys.argv[1:] if argv is None else argv
+    run(parse_overrides(cfg, argv, usage), command=f"python -m dualtoken_lite.{module} " + " ".join(argv))
+    return 0
+
+
 def flat_config(cfg) -> dict:
     """{"loop.steps": 1500, "model.width": 128, "out": ...} of a nested config (or of its to_dict)."""
     out = {}

@@ -15,7 +15,6 @@ class accuracy of the decoded pixels and the teacher-embedding Frechet distance.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from dualtoken_lite.settings import ConfigError, UserError
 from dualtoken_lite.tinyworld.generator import CLASSES
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
-from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, parse_overrides, ship
+from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, run_command, ship
 from dualtoken_lite.unified.judge import Judge, held_out_images
 from dualtoken_lite.unified.prompts import SamplingConfig, generate_images, save_sample_grid
 from dualtoken_lite.unified.token_cache import load_or_encode
@@ -111,7 +110,4 @@ def run(cfg: GeneratorTrainConfig, command: str = "") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    cfg = parse_overrides(GeneratorTrainConfig(), argv, __doc__.split("\n")[0])
-    run(cfg, command="python -m dualtoken_lite.train_generator " + " ".join(argv))
-    return 0
+    return run_command(GeneratorTrainConfig(), run, argv, "train_generator", __doc__.split("\n")[0])

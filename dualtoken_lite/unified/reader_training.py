@@ -14,7 +14,6 @@ question type (unified/questions.py), beside the majority-answer baseline. ``RUN
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import ConfigError, UserError
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
-from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, parse_overrides, ship
+from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, run_command, ship
 from dualtoken_lite.unified.questions import QUESTION_NAMES, majority_baseline
 from dualtoken_lite.unified.reader import Reader, ReaderConfig
 from dualtoken_lite.unified.token_cache import TokenSet, load_or_encode
@@ -113,7 +112,4 @@ def run(cfg: ReaderTrainConfig, command: str = "") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    cfg = parse_overrides(ReaderTrainConfig(), argv, __doc__.split("\n")[0])
-    run(cfg, command="python -m dualtoken_lite.train_reader " + " ".join(argv))
-    return 0
+    return run_command(ReaderTrainConfig(), run, argv, "train_reader", __doc__.split("\n")[0])
