@@ -34,6 +34,7 @@ from dualtoken_lite.unified.fit import LoopConfig
 from dualtoken_lite.unified.judge import decode_depths
 from dualtoken_lite.unified.questions import QUESTION_NAMES, describe
 from dualtoken_lite.unified.reader import Reader, ReaderConfig
+from dualtoken_lite.unified.rotary import generator_angles, grid_angles, rotate
 from dualtoken_lite.unified.token_cache import cache_path, encode_split, load_or_encode, read_token_set
 from dualtoken_lite.unified.weights import load_model
 
@@ -177,12 +178,12 @@ def test_sampling_is_deterministic_and_emits_only_valid_ids(cache, variant, top_
     prompts.stacks_to_pixel_codes(a, gen)  # the layout's own check of every id
 
 
-@pytest.mark.parametrize("variant", ["pixel", "both"])
-def test_cached_sampling_agrees_with_the_full_forward_pass(cache, variant):
+@pytest.mark.parametrize("variant,rotary", [("pixel", False), ("both", False), ("both", True)])
+def test_cached_sampling_agrees_with_the_full_forward_pass(cache, variant, rotary):
     """Greedy sampling with key/value caches picks, at every slot, the argmax of the teacher-forced full pass."""
     data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
     torch.manual_seed(1)
-    gen = ARGenerator(GeneratorConfig(variant=variant, **TINY_GENERATOR), data.layout).eval()
+    gen = ARGenerator(GeneratorConfig(variant=variant, rotary=rotary, **TINY_GENERATOR), data.layout).eval()
     classes = torch.tensor([2, 5])
     stacks = gen.sample(classes, temperature=0.0)  # (B, N, S)
     full = torch.zeros(2, 64, 12, dtype=torch.long)
@@ -193,6 +194,23 @@ def test_cached_sampling_agrees_with_the_full_forward_pass(cache, variant):
         out = gen.forward_depth(h.flatten(0, 1), codes.flatten(0, 1)[:, :-1])  # (B N, S, C)
     greedy = torch.stack([logits.argmax(-1) for logits in gen.slot_logits(out)], 1)  # (B N, S)
     assert torch.equal(greedy, codes.flatten(0, 1))
+
+
+def test_rotary_scores_depend_only_on_the_grid_offset():
+    """A query turned for cell a and a key turned for cell b score the same as for cells a + d and b + d."""
+    torch.manual_seed(0)
+    q, k = torch.randn(16), torch.randn(16)
+
+    def score(query_cell, key_cell):
+        qa = grid_angles(torch.tensor([query_cell[0]]), torch.tensor([query_cell[1]]), 16)
+        ka = grid_angles(torch.tensor([key_cell[0]]), torch.tensor([key_cell[1]]), 16)
+        return float((rotate(q[None], qa) * rotate(k[None], ka)).sum())
+
+    assert score((3, 4), (2, 4)) == pytest.approx(score((6, 1), (5, 1)), abs=1e-5)  # one row up, anywhere
+    assert score((3, 4), (2, 4)) != pytest.approx(score((3, 4), (3, 3)), abs=1e-3)  # up differs from left
+    query, key = generator_angles(8, 16)  # input t predicts cell t and holds cell t - 1
+    assert torch.equal(key[1:], query[:-1]) and query.shape == (64, 8)
+    assert torch.allclose(rotate(q[None], query[:1]), q[None])  # cell (0, 0): no turn
 
 
 def test_a_briefly_trained_generator_learns_and_decodes_to_images(tokenizer, cache):
@@ -276,3 +294,28 @@ def test_reader_run_scores_held_out_questions(cache, tmp_path):
     assert set(summary["accuracy"]) == set(QUESTION_NAMES) and summary["eval_images"] == "eval 0..7"
     assert all(0 <= v <= 1 for v in summary["accuracy"].values())
     assert load_model(tmp_path / "r" / "model", kind="reader").cfg.variant == "both"
+
+
+def test_results_keep_the_readers_when_only_the_generators_were_retrained(tmp_path):
+    """unified_results --keep-readers takes the readers' rows from the old results.json and ships only generators."""
+    from dualtoken_lite.unified import results
+
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    old = {"readers": {"both": {"mean": {"shape": 0.9}}}, "majority_baseline": {"shape": 0.125}}
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(old))
+    for variant in results.GENERATORS:
+        for seed in results.SEEDS:
+            run = runs / f"generator-{variant}-s{seed}"
+            (run / "model").mkdir(parents=True)
+            (run / "model" / "config.json").write_text("{}")
+            row = {"generation": {"teacher_accuracy": 0.5 + seed / 10, "frechet": 2.0}, "command": "c",
+                   "train_minutes": 1.0, "threads": 1, "load_average_1_5_15": [1, 1, 1], "parameters": 7,
+                   "reference_images": "eval 0..1023"}
+            (run / "summary.json").write_text(json.dumps(row))
+    table = results.collect(runs, out, keep_readers=True)
+    assert table["readers"] == old["readers"] and table["majority_baseline"] == old["majority_baseline"]
+    assert table["generators"]["both"]["mean"]["teacher_accuracy"] == pytest.approx(0.55)
+    assert (out / "generator-pixel" / "config.json").is_file() and not (out / "reader-both").exists()
+    with pytest.raises(results.MissingFile, match="reader-semantic-s0"):
+        results.collect(runs, tmp_path / "elsewhere")  # without the flag the reader runs are required

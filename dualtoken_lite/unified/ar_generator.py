@@ -14,6 +14,11 @@ depths 1..d_sem, the first depths of each residual stack (``modelled_slots``: co
 the partial sum). Variant "pixel" models the pixel codes alone; "both" also the semantic codes, which enter the
 next positions' sums, the paper's way of fusing the two token types per position. Only pixel codes are decoded.
 
+The spatial transformer's attention carries a 2-D rotary embedding (``rotary``, unified/rotary.py): a query
+scores each earlier position by its grid offset, so "the cell above" means the same at every position. At the
+same 2,400 steps it lowered the held-out loss from 0.924 to 0.889 nats per code and raised the teacher's accuracy
+on the samples from 51.5 to 60.8 % (docs/unified_model.md).
+
 Each slot's logits cover exactly its own codebook, so sampling can only emit ids valid for that position and
 depth. The class token is dropped to a learned "no class" token with probability ``class_dropout`` while
 training, which allows classifier-free guidance when sampling (``guidance`` > 1; 1 = plain conditional).
@@ -32,6 +37,7 @@ from dualtoken_lite.settings import ConfigError
 from dualtoken_lite.tinyworld.generator import CLASSES
 from dualtoken_lite.unified.blocks import Transformer
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_sizes, variant_slots
+from dualtoken_lite.unified.rotary import generator_angles
 
 GENERATOR_VARIANTS = ("pixel", "both")
 
@@ -54,6 +60,7 @@ class GeneratorConfig:
     #                            (a random subset, see subsample_positions; N = all of them, the exact loss)
     dropout: float = 0.0  # dropout in attention and MLP while training
     class_everywhere: bool = True  # also add the class embedding to every position's input (condition_inputs)
+    rotary: bool = True  # 2-D rotary embedding in the spatial transformer's attention (unified/rotary.py)
 
     def validate(self) -> GeneratorConfig:
         """Raise ConfigError naming a bad field; return self."""
@@ -65,6 +72,8 @@ class GeneratorConfig:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
         if self.width % self.heads:
             raise ConfigError(f"model.width={self.width} must be a multiple of model.heads={self.heads}")
+        if self.rotary and (self.width // self.heads) % 4:
+            raise ConfigError(f"model.rotary needs model.width / model.heads ({self.width // self.heads}) divisible by 4")
         for name in ("class_dropout", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be in [0, 1)")
@@ -146,6 +155,9 @@ class ARGenerator(nn.Module):
         self.class_embed = nn.Embedding(cfg.num_classes + 1, C)  # the last row is "no class"
         self.spatial_pos = nn.Parameter(torch.randn(N, C) * 0.02)  # (N, C)
         self.spatial = Transformer(C, cfg.spatial_layers, cfg.heads, cfg.dropout)
+        query, key = generator_angles(layout.grid, C // cfg.heads) if cfg.rotary else (torch.empty(0), torch.empty(0))
+        self.register_buffer("query_angles", query, persistent=False)  # (N, c/2), empty without model.rotary
+        self.register_buffer("key_angles", key, persistent=False)
         self.depth_pos = nn.Parameter(torch.randn(len(self.slots), C) * 0.02)  # (S, C)
         self.depth = Transformer(C, cfg.depth_layers, cfg.heads, cfg.dropout)
         self.pixel_head = nn.Linear(C, layout.pixel_codebook_size)
@@ -158,7 +170,15 @@ class ARGenerator(nn.Module):
         x = torch.cat([c[:, None], self.embed(stacks)], 1)  # (B, n + 1, C)
         if self.cfg.class_everywhere:
             x = torch.cat([x[:, :1], condition_inputs(x[:, 1:], c)], 1)
-        return self.spatial(x + self.spatial_pos[: x.shape[1]], causal=True)
+        return self.spatial(x + self.spatial_pos[: x.shape[1]], causal=True, angles=self.angles())
+
+    def angles(self, index: int | None = None):
+        """The spatial transformer's rotary angles (all inputs, or input ``index`` only); None without model.rotary."""
+        if not self.cfg.rotary:
+            return None
+        if index is None:
+            return self.query_angles, self.key_angles
+        return self.query_angles[index : index + 1], self.key_angles[index : index + 1]
 
     def forward_depth(self, h: Tensor, codes: Tensor) -> Tensor:
         """Contexts h (M, C), the first j codes of each stack (M, j) -> outputs for slots 0..j (M, j + 1, C)."""
@@ -212,7 +232,7 @@ class ARGenerator(nn.Module):
         c = self.class_embed(cls)  # (M, C)
         x = c[:, None] + self.spatial_pos[:1]  # (M, 1, C): the class token at input 0
         for n in range(N):
-            h = self.spatial.step(x, spatial_cache)[:, 0]  # (M, C) context of position n
+            h = self.spatial.step(x, spatial_cache, self.angles(n))[:, 0]  # (M, C) context of position n
             depth_cache = self.depth.new_cache()
             d_in = (h + self.depth_pos[0])[:, None]  # (M, 1, C)
             codes = []

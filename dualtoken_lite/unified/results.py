@@ -42,10 +42,19 @@ def read_summary(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def collect(runs: Path, out: Path) -> dict:
-    """Reader and generator figures from the runs; the shipped model folders copied to ``out``."""
+def collect(runs: Path, out: Path, keep_readers: bool = False) -> dict:
+    """Reader and generator figures from the runs; the shipped model folders copied to ``out``.
+
+    ``keep_readers``: take the readers' figures from ``out/results.json`` and leave their shipped models as they are
+    (for a change that only retrains the generators; the readers do not depend on them)."""
     table: dict = {"readers": {}, "generators": {}}
-    for variant in READERS:
+    if keep_readers:
+        old = out / "results.json"
+        if not old.is_file():
+            raise MissingFile(f"--keep-readers needs {old} from an earlier run of this command")
+        kept = json.loads(old.read_text())
+        table["readers"], table["majority_baseline"] = kept["readers"], kept["majority_baseline"]
+    for variant in () if keep_readers else READERS:
         rows = {f"seed{s}": read_summary(runs / f"reader-{variant}-s{s}") for s in SEEDS}
         mean = {q: sum(r["accuracy"][q] for r in rows.values()) / len(rows) for q in QUESTION_NAMES}
         table["readers"][variant] = {"mean": mean, **{k: {key: r[key] for key in (
@@ -88,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(UNIFIED_DIR), help="where the shipped models and results.json go")
     parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR), help="the tokenizer the runs used")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--keep-readers", action="store_true", help="keep the readers' figures and models already in "
+                        "--out (only the generators were retrained)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = collect(Path(args.runs), out)
+    table = collect(Path(args.runs), out, args.keep_readers)
     depths = sorted({read_config(out / f"generator-{v}")["config"]["pixel_depths"] for v in GENERATORS})
     table["ceiling"] = measure_ceiling(args.tokenizer, tuple(depths))
     table["ceiling"]["command"] = "python -m dualtoken_lite.unified_results " + " ".join(argv or [])
