@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/generator_step_speed.py [--steps 30] [--variant both]
 
-One training step = ``ARGenerator.loss`` forward + backward + AdamW at the trainer's default size and batch, on
+One training step = ``ARGenerator.loss`` forward + backward + AdamW at the trainer's default model and batch, on
 random codes (the speed does not depend on their values). Modes, interleaved in rounds so that drifting machine
 load hits them alike: ``fp32`` (the default kernels: the CPU flash-attention kernel), ``fp32-math`` (the plain
 attention kernel), ``bf16`` (bf16 autocast with the plain attention kernel, unified/fit.py's ``loop.bf16``).
@@ -12,6 +12,7 @@ Prints the median seconds per step of each mode and its speed-up over fp32, with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -20,9 +21,10 @@ import time
 import torch
 
 from dualtoken_lite.model.token_layout import TokenLayout
-from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
+from dualtoken_lite.unified.ar_generator import ARGenerator
 from dualtoken_lite.unified.embedding import slot_offsets
 from dualtoken_lite.unified.fit import precision_context
+from dualtoken_lite.unified.generator_training import GeneratorTrainConfig
 
 
 def layout() -> TokenLayout:
@@ -41,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
     lay = layout()
-    model = ARGenerator(GeneratorConfig(variant=args.variant), lay)
+    model = ARGenerator(dataclasses.replace(GeneratorTrainConfig().model, variant=args.variant), lay)  # the trainer's
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     stacks = torch.randint(0, 512, (args.batch, 64, lay.pixel_depth + lay.semantic_depth)) + slot_offsets(lay)
     classes = torch.randint(0, 8, (args.batch,))

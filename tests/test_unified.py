@@ -36,7 +36,7 @@ from dualtoken_lite.unified.questions import QUESTION_NAMES, describe
 from dualtoken_lite.unified.reader import Reader, ReaderConfig
 from dualtoken_lite.unified.rotary import generator_angles, grid_angles, rotate
 from dualtoken_lite.unified.token_cache import cache_path, encode_split, load_or_encode, read_token_set
-from dualtoken_lite.unified.weights import load_model
+from dualtoken_lite.unified.weights import load_model, save_model
 
 TINY_READER = dict(width=16, layers=1, heads=2, dropout=0.0)
 TINY_GENERATOR = dict(width=16, spatial_layers=1, depth_layers=1, heads=2, depth_positions=4, pixel_depths=3,
@@ -196,6 +196,22 @@ def test_cached_sampling_agrees_with_the_full_forward_pass(cache, variant, rotar
     assert torch.equal(greedy, codes.flatten(0, 1))
 
 
+def test_a_generator_saved_before_rotary_existed_loads_without_it(cache, tmp_path):
+    """A model folder whose config.json has no "rotary" field is the model it was: no rotary angles."""
+    data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
+    torch.manual_seed(0)
+    gen = ARGenerator(GeneratorConfig(variant="both", **TINY_GENERATOR), data.layout).eval()
+    save_model(gen, tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["config"]["rotary"]  # as the first-round generators were saved
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = load_model(tmp_path / "old", kind="generator")
+    assert not loaded.cfg.rotary and loaded.angles() is None
+    stacks, classes = data.stacks(), data.labels[:, 0]
+    assert torch.equal(gen.loss(stacks, classes)[0], loaded.loss(stacks, classes)[0])
+    assert generator_training.GeneratorTrainConfig().model.rotary  # the trainer's recipe turns it on
+
+
 def test_rotary_scores_depend_only_on_the_grid_offset():
     """A query turned for cell a and a key turned for cell b score the same as for cells a + d and b + d."""
     torch.manual_seed(0)
@@ -258,8 +274,8 @@ def test_generator_run_resumes_and_its_model_draws_pngs(cache, tmp_path):
     def config(out, steps, resume=None):
         return generator_training.GeneratorTrainConfig(
             out=str(tmp_path / out), cache_dir=str(cache), train_count=16, reference_count=8, eval_samples=8,
-            resume=resume, model=GeneratorConfig(**TINY_GENERATOR),
-            loop=LoopConfig(steps=steps, batch_size=4, warmup_steps=1, log_every=1, save_every=2))
+            resume=resume, model=GeneratorConfig(rotary=True, **TINY_GENERATOR),
+            loop=LoopConfig(steps=steps, batch_size=4, warmup_steps=1, log_every=1, save_every=2, bf16=True))
 
     whole = generator_training.run(config("whole", 4))
     generator_training.run(config("broken", 4))

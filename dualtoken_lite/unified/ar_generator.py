@@ -60,7 +60,9 @@ class GeneratorConfig:
     #                            (a random subset, see subsample_positions; N = all of them, the exact loss)
     dropout: float = 0.0  # dropout in attention and MLP while training
     class_everywhere: bool = True  # also add the class embedding to every position's input (condition_inputs)
-    rotary: bool = True  # 2-D rotary embedding in the spatial transformer's attention (unified/rotary.py)
+    rotary: bool = False  # 2-D rotary embedding in the spatial transformer's attention (unified/rotary.py); the
+    #                      trainer turns it on. False here so that a model folder saved before the field existed
+    #                      (no "rotary" in its config.json) loads as the model it was
 
     def validate(self) -> GeneratorConfig:
         """Raise ConfigError naming a bad field; return self."""
