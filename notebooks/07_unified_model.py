@@ -30,9 +30,10 @@
 # 4. the table that tests the paper's claim.
 #
 # **Runtime.** The default path loads the shipped models (`data/unified/`, float16) and re-measures them on
-# held-out images: 76 s under `pytest --nbval-lax` here (2 Dec 2026, idle 2-core CPU, 1 thread).
+# held-out images: 90 s under `pytest --nbval-lax` here (2 Dec 2026, otherwise idle 2-core CPU, 1 thread).
 # `DUALTOKEN_LITE_FULL=1` first retrains all ten models (six readers, four generators) with the trainers'
-# defaults (the commands in `docs/unified_model.md`; about 65 minutes on one thread) and asserts the figures of
+# defaults (the commands in `docs/unified_model.md`; about 55 minutes: the readers on one thread, 2.5-2.9 min
+# each, the generators on both cores, 8.8-10.1 min each) and asserts the figures of
 # `data/unified/results.json`. Every number the prose quotes is checked against
 # `notebooks/figures/07_unified_model.json`.
 
@@ -187,25 +188,36 @@ plt.show()
 # depth. The **pixel** generator models pixel codes; the **both** generator also semantic codes, which enter
 # the sums the next positions read. Only pixel codes are decoded, by the tokenizer's decoder.
 #
-# A CPU-sized budget forces two choices (`docs/unified_model.md` has the runs behind them). The generators model
-# only the **first depth** of each residual stack, pixel depth 1 (and semantic depth 1), and the decoder reads
-# that one code (coarse to fine, as RQ-VAE allows): its reconstructions keep the shape (the teacher still names
-# 91 % of them, section 5), while deeper codes hold texture that costs a small model most of its capacity. And
-# the class embedding is added to **every** position's input, not only to the first token: the prompt is then in
-# each position's residual stream from the first step. A first version that modelled 3 pixel depths for 800
-# steps drew fragments the teacher named at 19 % (chance 12.5 %); one pixel depth for 2,400 steps at twice the
-# learning rate reached 41 % (pixel tokens) and 56 % (pixel + semantic tokens). Each generator trains 2,400
-# steps x batch 32 (`python -m dualtoken_lite.train_generator --model.variant V --loop.seed S`).
+# A CPU-sized budget shaped the recipe (`docs/unified_model.md` has the runs behind each choice):
 #
-# Eight samples per class (rows: disc, square, triangle, plus, star, ring, crescent, heart), plain sampling
-# (temperature 1, no top-k, no guidance, seed 0):
+# - The generators model only the **first depth** of each residual stack, pixel depth 1 (and semantic depth 1),
+#   and the decoder reads that one code (coarse to fine, as RQ-VAE allows): its reconstructions keep the shape
+#   (the teacher still names 91 % of them, section 5), while deeper codes hold texture that costs a small model
+#   most of its capacity. A first version that modelled 3 pixel depths for 800 steps drew fragments the teacher
+#   named at 19 % (chance 12.5 %).
+# - The class embedding is added to **every** position's input, so the prompt is in each position's residual
+#   stream from the first step.
+# - The spatial transformer's attention carries a **2-D rotary embedding** (`unified/rotary.py`): a query scores
+#   each earlier cell by its grid offset, so "the cell above" means the same at every position instead of being
+#   learned 64 times. At equal steps it lowered the held-out loss from 0.924 to 0.889 nats per code.
+# - The model was **undertrained**: twice the steps lowered the held-out loss from 0.924 to 0.837. So the trainer
+#   spends its 10 minutes on steps: bf16 autocast (the same loss as fp32, cheaper steps) on both cores, 3,200
+#   steps x batch 32 (`python -m dualtoken_lite.train_generator --model.variant V --loop.seed S`).
+# - Sampling uses **classifier-free guidance 2**: the logits are u + 2 (c - u), the prompted ones c pushed away
+#   from the prompt-free ones u (one model gives both: the prompt is dropped 10 % of the time in training);
+#   guidance 1.5 raised the teacher's accuracy by 9 points on the first-round generator. A lower temperature
+#   does not help: many samples become an empty background, because a raster-order model starts a shape at one
+#   position of low probability, and a lower temperature suppresses that start.
+#
+# Eight samples per class (rows: disc, square, triangle, plus, star, ring, crescent, heart), the trainers'
+# sampling settings (temperature 1, no top-k, guidance 2, seed 0):
 
 # %%
 generators = {v: load_model(model_dirs[f"generator-{v}"], kind="generator") for v in GENERATORS}
-plain = SamplingConfig()  # the trainers' measurement settings
+sampling = SamplingConfig()  # the trainers' measurement settings: guidance 2
 fig, ax = plt.subplots(1, 2, figsize=(11, 5.6))
 for a, (variant, gen) in zip(ax, generators.items()):
-    _, grid = generate_images(gen, tokenizer, torch.arange(8).repeat_interleave(8), plain)  # (64, 64, 64, 3)
+    _, grid = generate_images(gen, tokenizer, torch.arange(8).repeat_interleave(8), sampling)  # (64, 64, 64, 3)
     a.imshow(grid.reshape(8, 8, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(512, 512, 3))
     a.set(title=f"generator: {variant} tokens", xticks=[], yticks=32 + 64 * np.arange(8), yticklabels=CLASSES)
 plt.show()
@@ -227,7 +239,7 @@ COUNT = 1024 if FULL else 512
 measured = {}
 for variant, gen in generators.items():
     classes = torch.arange(8).repeat_interleave(COUNT // 8)
-    _, pictures = generate_images(gen, tokenizer, classes, plain)
+    _, pictures = generate_images(gen, tokenizer, classes, sampling)
     measured[variant] = judge(pictures, classes.numpy())
     print(f"{variant:6s}: teacher accuracy {100 * measured[variant]['teacher_accuracy']:.1f} %, "
           f"Frechet {measured[variant]['frechet']:.2f} ({COUNT} samples)")
@@ -270,13 +282,14 @@ for variant in READERS:  # the shipped seed-0 readers are the table's seed-0 rea
 #   tokens give the **union** of what each type knows; they do not beat the better type on its own question,
 #   which is what the paper reports on its ten benchmarks (+5.8 points over VILA-U's single token type).
 # - **Generation: semantic tokens make better pictures.** The generator that also writes semantic codes draws
-#   its prompt's shape 56.1 / 56.7 % of the time against 41.3 / 46.1 % for pixel codes alone, with a smaller
-#   Frechet distance (4.05 / 4.83 against 7.17 / 5.52): the paper's direction (+13 % on GenAI-Bench), on two
+#   its prompt's shape 70.2 / 70.1 % of the time against 60.0 / 60.5 % for pixel codes alone, with a smaller
+#   Frechet distance (2.80 / 2.53 against 4.16 / 4.37): the paper's direction (+13 % on GenAI-Bench), on two
 #   seeds. The semantic codes are never decoded; they only enter the sums the next positions read.
 # - **Short of the ceiling.** The tokenizer's own reconstructions from pixel depth 1 are named 91.0 % of the
-#   time (Frechet 1.20); the best generator reaches 62 % of that, and its Frechet distance is 3.4-4x the
-#   ceiling's. A CPU-sized autoregressive model trained for ten minutes draws shapes that are often right and
-#   often malformed (squares and triangles worst, rings and discs best; `per_class_accuracy` in the results).
+#   time (Frechet 1.20); the best generator reaches 77 % of that, and its Frechet distance is 2.1-2.3x the
+#   ceiling's. A CPU-sized autoregressive model trained for ten minutes draws shapes that are mostly right and
+#   still often rounded off (squares, triangles and hearts worst, rings and discs best; `per_class_accuracy` in
+#   the results).
 
 # %%
 table = RESULTS
