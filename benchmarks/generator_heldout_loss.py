@@ -23,9 +23,9 @@ from dualtoken_lite.unified.weights import load_model
 
 
 @torch.no_grad()
-def heldout_loss(generator, data, rows: slice) -> dict:
-    """{"loss", "loss_pixel"[, "loss_semantic"]}: mean nats per code over the rows' images, teacher-forced."""
-    _, logs = generator.loss(data.stacks()[rows], data.labels[rows, 0])
+def heldout_loss(generator, data) -> dict:
+    """{"loss", "loss_pixel"[, "loss_semantic"]}: mean nats per code over a token set's images, teacher-forced."""
+    _, logs = generator.loss(data.stacks(), data.labels[:, 0])
     return {k: round(float(v), 4) for k, v in logs.items()}
 
 
@@ -39,9 +39,9 @@ def main() -> None:
     held_out = load_or_encode(tokenizer, args.tokenizer, "eval", 1024, 1024, args.cache_dir)
     train = load_or_encode(tokenizer, args.tokenizer, "train", 0, 1024, args.cache_dir)
     for folder in args.models:
-        generator = load_model(folder, kind="generator").float().eval()
-        print(json.dumps({"model": folder, "eval_1024_2047": heldout_loss(generator, held_out, slice(None)),
-                          "train_0_1023": heldout_loss(generator, train, slice(None))}), flush=True)
+        generator = load_model(folder, kind="generator")  # float32, eval mode
+        print(json.dumps({"model": folder, "eval_1024_2047": heldout_loss(generator, held_out),
+                          "train_0_1023": heldout_loss(generator, train)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 One training step = ``ARGenerator.loss`` forward + backward + AdamW at the trainer's default model and batch, on
 random codes (the speed does not depend on their values). Modes, interleaved in rounds so that drifting machine
 load hits them alike: ``fp32`` (the default kernels: the CPU flash-attention kernel), ``fp32-math`` (the plain
-attention kernel), ``bf16`` (bf16 autocast with the plain attention kernel, unified/fit.py's ``loop.bf16``).
+attention kernel), ``bf16`` (bf16 autocast with the plain attention kernel: unified/fit.py's ``loop.bf16``,
+training/precision.py).
 Prints the median seconds per step of each mode and its speed-up over fp32, with the load average.
 """
 
@@ -20,17 +21,13 @@ import time
 
 import torch
 
-from dualtoken_lite.model.token_layout import TokenLayout
+from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.training.precision import precision_context
 from dualtoken_lite.unified.ar_generator import ARGenerator
-from dualtoken_lite.unified.embedding import slot_offsets
-from dualtoken_lite.unified.fit import precision_context
+from dualtoken_lite.unified.embedding import slot_offsets, slot_sizes
 from dualtoken_lite.unified.generator_training import GeneratorTrainConfig
-
-
-def layout() -> TokenLayout:
-    """The shipped tokenizer's token layout: 8 x 8 grid, 8 pixel + 4 semantic depths of 512-code shared codebooks."""
-    return TokenLayout(grid=8, pixel_depth=8, pixel_codebook_size=512, pixel_shared=True, semantic_depth=4,
-                       semantic_codebook_size=512, semantic_shared=True)
+from dualtoken_lite.unified.token_cache import layout_of
 
 
 def main() -> None:
@@ -42,10 +39,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
-    lay = layout()
+    lay = layout_of(DualToken.from_pretrained(TOKENIZER_DIR))  # the shipped tokenizer's token layout
     model = ARGenerator(dataclasses.replace(GeneratorTrainConfig().model, variant=args.variant), lay)  # the trainer's
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    stacks = torch.randint(0, 512, (args.batch, 64, lay.pixel_depth + lay.semantic_depth)) + slot_offsets(lay)
+    stacks = torch.randint(0, 512, (args.batch, lay.grid**2, lay.pixel_depth + lay.semantic_depth))
+    stacks = stacks % torch.tensor(slot_sizes(lay)) + slot_offsets(lay)  # (B, N, S) valid ids of every slot
     classes = torch.randint(0, 8, (args.batch,))
     modes = {"fp32": (False, False), "fp32-math": (False, True), "bf16": (True, True)}
     times: dict[str, list[float]] = {m: [] for m in modes}
@@ -53,7 +51,7 @@ def main() -> None:
         for mode, (bf16, math) in modes.items():
             for i in range(args.steps + 3):
                 start = time.perf_counter()
-                with precision_context(bf16, math):
+                with precision_context("cpu", bf16, math):
                     loss, _ = model.loss(stacks, classes)
                 optimizer.zero_grad()
                 loss.backward()

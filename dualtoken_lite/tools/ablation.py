@@ -33,7 +33,6 @@ from pathlib import Path
 
 from dualtoken_lite.settings import ConfigError, to_dict
 from dualtoken_lite.training.arguments import load_run_config, parse_args
-from dualtoken_lite.training.loop import run
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,10 @@ def finished_summary(run_dir: Path, cfg) -> dict | None:
 
 def train_one(args: list[str]) -> dict:
     """Train (or reuse) one run and return its held-out figures (summary["eval"])."""
+    from dualtoken_lite.training.loop import (
+        run,  # here, not at the top: `--help` needs none of the training stack
+    )
+
     cfg = parse_args(args)
     if not cfg.eval_data:
         raise ConfigError("the ablation compares held-out figures: give --eval-data (default tinyworld-eval)")

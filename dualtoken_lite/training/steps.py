@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dualtoken_lite.datasets.loader import DataError, build_loader
 from dualtoken_lite.evaluation.loop import evaluate_codes
@@ -30,6 +29,7 @@ from dualtoken_lite.training import distributed as dist_utils
 from dualtoken_lite.training.adversarial import Adversary
 from dualtoken_lite.training.checkpoints import capture_rng_state, restore_rng_state
 from dualtoken_lite.training.config import TrainConfig
+from dualtoken_lite.training.precision import precision_context
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +116,8 @@ class Trainer:
         return terms, out
 
     def autocast_context(self) -> ExitStack:
-        """bf16 autocast when asked; on the CPU also the plain (math) attention, whose bf16 backward is 2-20x
-        faster here than the CPU flash-attention kernel's at these sizes (fp32 keeps the flash kernel)."""
-        stack = ExitStack()
-        if self.autocast:
-            stack.enter_context(torch.autocast(self.world.device.type, dtype=torch.bfloat16))
-            if self.world.device.type == "cpu":
-                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-        return stack
+        """bf16 autocast when asked, with the math attention kernel on the CPU (training/precision.py)."""
+        return precision_context(self.world.device.type, self.autocast)
 
     def optimizer_step(self) -> None:
         """Optional global-norm gradient clipping (grads are already summed over micro-batches and ranks), AdamW."""

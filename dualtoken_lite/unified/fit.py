@@ -22,13 +22,11 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from dualtoken_lite.model.pretrained import check_state_dict, read_weights
@@ -44,6 +42,7 @@ from dualtoken_lite.training.checkpoints import (
 )
 from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
 from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
+from dualtoken_lite.training.precision import precision_context
 from dualtoken_lite.training.run_folder import clear_run as clear_folder
 from dualtoken_lite.unified.token_cache import fingerprint
 from dualtoken_lite.unified.weights import count_parameters, load_model, save_model
@@ -66,7 +65,7 @@ class LoopConfig:
     grad_clip: float = 1.0  # max global gradient norm
     seed: int = 0  # seeds the weights, the batch order and the class dropout
     threads: int = 1  # torch CPU threads
-    bf16: bool = False  # bf16 autocast of the forward pass (weights, optimizer and loss stay fp32; precision_context)
+    bf16: bool = False  # bf16 autocast of the forward pass (weights, optimizer and loss stay fp32; training/precision.py)
     log_every: int = 50  # steps between lines of metrics.jsonl
     save_every: int = 500  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept
@@ -184,18 +183,6 @@ def ship(model: nn.Module, cfg, kind: str, minutes: float, command: str) -> tupl
     return load_model(Path(cfg.out) / "model", kind=kind), record
 
 
-def precision_context(bf16: bool, math_attention: bool | None = None) -> ExitStack:
-    """The forward pass's numerics on the CPU: bf16 autocast when ``bf16``, and the plain (math) attention kernel when
-    ``math_attention`` (default: with bf16, whose backward through the CPU flash-attention kernel is slow at these
-    sizes; benchmarks/generator_step_speed.py measures each choice)."""
-    stack = ExitStack()
-    if bf16:
-        stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
-    if bf16 if math_attention is None else math_attention:
-        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-    return stack
-
-
 class SavesWeights:
     """What training/checkpoints.save_checkpoint asks of a model: ``save_pretrained(folder)`` (float32 here)."""
 
@@ -238,7 +225,7 @@ def fit(model: nn.Module, cfg, batch_loss: Callable[[torch.Tensor, torch.Generat
     t0, seen = time.perf_counter(), 0
     while step < loop.steps:
         idx = torch.randint(0, data_size, (loop.batch_size,), generator=batches)  # (B,) rows of the train cache
-        with precision_context(loop.bf16):
+        with precision_context("cpu", loop.bf16):
             loss, logs = batch_loss(idx, batches)
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss at step {step + 1}; the last checkpoint is intact (lower --lr)")
