@@ -14,19 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.unified.generator_training import heldout_loss
 from dualtoken_lite.unified.token_cache import load_or_encode
 from dualtoken_lite.unified.weights import load_model
-
-
-@torch.no_grad()
-def heldout_loss(generator, data) -> dict:
-    """{"loss", "loss_pixel"[, "loss_semantic"]}: mean nats per code over a token set's images, teacher-forced."""
-    _, logs = generator.loss(data.stacks(), data.labels[:, 0])
-    return {k: round(float(v), 4) for k, v in logs.items()}
 
 
 def main() -> None:

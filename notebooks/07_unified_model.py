@@ -30,10 +30,10 @@
 # 4. the table that tests the paper's claim.
 #
 # **Runtime.** The default path loads the shipped models (`data/unified/`, float16) and re-measures them on
-# held-out images: 90 s under `pytest --nbval-lax` here (2 Dec 2026, otherwise idle 2-core CPU, 1 thread).
+# held-out images: 78 s under `pytest --nbval-lax` here (2 Dec 2026, otherwise idle 2-core CPU, 1 thread).
 # `DUALTOKEN_LITE_FULL=1` first retrains all ten models (six readers, four generators) with the trainers'
-# defaults (the commands in `docs/unified_model.md`; about 55 minutes: the readers on one thread, 2.5-2.9 min
-# each, the generators on both cores, 8.8-10.1 min each) and asserts the figures of
+# defaults (the commands in `docs/unified_model.md`; about 50 minutes: the readers on one thread, 2.5-2.9 min
+# each, the generators on both cores, 6.1-8.5 min each) and asserts the figures of
 # `data/unified/results.json`. Every number the prose quotes is checked against
 # `notebooks/figures/07_unified_model.json`.
 
@@ -182,7 +182,7 @@ plt.show()
 # $$p(\text{image} \mid \text{class}) = \prod_{n=1}^{64} \prod_{s=1}^{S} p(c_{n,s} \mid \text{class}, c_{<n}, c_{n,<s})$$
 #
 # The spatial transformer (4 blocks, width 128, causal over raster positions) reads the class token and the
-# summed embeddings of the positions already drawn, and gives a context $h_n$; the depth transformer (2 blocks)
+# summed embeddings of the positions already drawn, and gives a context $h_n$; the depth transformer (1 block)
 # starts from $h_n$ and draws the position's codes one after another in the layout's order (RQ-Transformer,
 # VILA-U). Each slot's logits cover only its own codebook, so every emitted id is valid for its position and
 # depth. The **pixel** generator models pixel codes; the **both** generator also semantic codes, which enter
@@ -203,18 +203,21 @@ plt.show()
 # - The model was **undertrained**: twice the steps lowered the held-out loss from 0.924 to 0.837. So the trainer
 #   spends its 10 minutes on steps: bf16 autocast (the same loss as fp32, cheaper steps) on both cores, 3,200
 #   steps x batch 32 (`python -m dualtoken_lite.train_generator --model.variant V --loop.seed S`).
-# - Sampling uses **classifier-free guidance 2**: the logits are u + 2 (c - u), the prompted ones c pushed away
-#   from the prompt-free ones u (one model gives both: the prompt is dropped 10 % of the time in training);
+# - The depth transformer learns from **every position**: trained on the stacks of all 64 positions (the exact
+#   loss) with one block, instead of two blocks on a random 32 of them, it reached a held-out loss of 0.831
+#   instead of 0.860 in the same time.
+# - Sampling uses **classifier-free guidance 1.75**: the logits are u + 1.75 (c - u), the prompted ones c pushed
+#   away from the prompt-free ones u (one model gives both: the prompt is dropped 10 % of the time in training);
 #   guidance 1.5 raised the teacher's accuracy by 9 points on the first-round generator. A lower temperature
 #   does not help: many samples become an empty background, because a raster-order model starts a shape at one
 #   position of low probability, and a lower temperature suppresses that start.
 #
 # Eight samples per class (rows: disc, square, triangle, plus, star, ring, crescent, heart), the trainers'
-# sampling settings (temperature 1, no top-k, guidance 2, seed 0):
+# sampling settings (temperature 1, no top-k, guidance 1.75, seed 0):
 
 # %%
 generators = {v: load_model(model_dirs[f"generator-{v}"], kind="generator") for v in GENERATORS}
-sampling = SamplingConfig()  # the trainers' measurement settings: guidance 2
+sampling = SamplingConfig()  # the trainers' measurement settings: guidance 1.75
 fig, ax = plt.subplots(1, 2, figsize=(11, 5.6))
 for a, (variant, gen) in zip(ax, generators.items()):
     _, grid = generate_images(gen, tokenizer, torch.arange(8).repeat_interleave(8), sampling)  # (64, 64, 64, 3)
@@ -281,15 +284,20 @@ for variant in READERS:  # the shipped seed-0 readers are the table's seed-0 rea
 #   reader's 46.3 / 45.5 %, a seed spread of 4 points that this budget does not resolve. At this scale dual
 #   tokens give the **union** of what each type knows; they do not beat the better type on its own question,
 #   which is what the paper reports on its ten benchmarks (+5.8 points over VILA-U's single token type).
-# - **Generation: semantic tokens make better pictures.** The generator that also writes semantic codes draws
-#   its prompt's shape 70.2 / 70.1 % of the time against 60.0 / 60.5 % for pixel codes alone, with a smaller
-#   Frechet distance (2.80 / 2.53 against 4.16 / 4.37): the paper's direction (+13 % on GenAI-Bench), on two
-#   seeds. The semantic codes are never decoded; they only enter the sums the next positions read.
-# - **Short of the ceiling.** The tokenizer's own reconstructions from pixel depth 1 are named 91.0 % of the
-#   time (Frechet 1.20); the best generator reaches 77 % of that, and its Frechet distance is 2.1-2.3x the
-#   ceiling's. A CPU-sized autoregressive model trained for ten minutes draws shapes that are mostly right and
-#   still often rounded off (squares, triangles and hearts worst, rings and discs best; `per_class_accuracy` in
-#   the results).
+# - **Generation: at this budget the samples do not tell the two generators apart; the likelihood does.** Both
+#   draw their prompt's shape about three times in four: pixel codes alone 75.9 / 77.5 %, pixel + semantic codes
+#   76.3 / 74.3 %, and their Frechet distances cross between the seeds (2.45 / 2.17 against 1.99 / 2.31). Yet the
+#   generator that also writes semantic codes predicts the *pixel* codes of held-out images better on both
+#   seeds, 1.100 / 1.093 nats per code against 1.167 / 1.174, though the semantic codes are never decoded: they
+#   only enter the sums the next positions read. With the second round's weaker recipe (a two-block depth
+#   transformer trained on half the positions) the gain showed in the samples too, 70.2 / 70.1 % against
+#   60.0 / 60.5 % (`docs/unified_model.md`). The paper's direction (+13 % on GenAI-Bench) holds in the
+#   likelihood; in what the teacher sees, semantic codes helped most while the generator was weakest.
+# - **Near the ceiling.** The tokenizer's own reconstructions from pixel depth 1 are named 91.0 % of the time
+#   (Frechet 1.20). The generator of both codes reaches 84 / 82 % of that accuracy (the issue asks for 80 %) at
+#   1.7 / 1.9x the ceiling's Frechet distance (at most 2x asked). Its shapes are still sometimes rounded off:
+#   squares, triangles and hearts are drawn worst (50-67 %), rings and discs best (95-100 %;
+#   `per_class_accuracy` in the results).
 
 # %%
 table = RESULTS
@@ -301,8 +309,13 @@ for seed in ("seed0", "seed1"):
     for q in ("shape", "colour", "background"):  # both: the better single type within 1 point
         assert a["both"][q] > max(a["semantic"][q], a["pixel"][q]) - 0.01, (seed, q)
     g = {v: table["generators"][v][seed]["generation"] for v in GENERATORS}
-    assert g["both"]["teacher_accuracy"] > g["pixel"]["teacher_accuracy"] + 0.05  # semantic codes help drawing
-    assert g["both"]["frechet"] < g["pixel"]["frechet"]
-best = max(table["generators"]["both"][s]["generation"]["teacher_accuracy"] for s in ("seed0", "seed1"))
-print(f"best generator / depth-1 ceiling: {best / ceiling['reconstructions_depth1']['teacher_accuracy']:.2f}")
+    nats = {v: table["generators"][v][seed]["heldout_loss"]["loss_pixel"] for v in GENERATORS}
+    assert abs(g["both"]["teacher_accuracy"] - g["pixel"]["teacher_accuracy"]) < 0.05  # the samples: a tie
+    assert nats["both"] < nats["pixel"] - 0.05  # the likelihood: semantic context predicts pixel codes better
+    depth1 = ceiling["reconstructions_depth1"]
+    assert g["both"]["teacher_accuracy"] >= 0.8 * depth1["teacher_accuracy"]  # the issue's targets
+    assert g["both"]["frechet"] <= 2 * depth1["frechet"]
+    print(f"{seed}: generator of both codes / depth-1 ceiling: accuracy "
+          f"{g['both']['teacher_accuracy'] / depth1['teacher_accuracy']:.2f}, Frechet "
+          f"{g['both']['frechet'] / depth1['frechet']:.2f}x")
 figures.save()  # under DUALTOKEN_LITE_WRITE_FIGURES=1: record this run's figures

@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from dualtoken_lite.model.dualtoken import DualToken
@@ -194,6 +195,24 @@ def test_cached_sampling_agrees_with_the_full_forward_pass(cache, variant, rotar
         out = gen.forward_depth(h.flatten(0, 1), codes.flatten(0, 1)[:, :-1])  # (B N, S, C)
     greedy = torch.stack([logits.argmax(-1) for logits in gen.slot_logits(out)], 1)  # (B N, S)
     assert torch.equal(greedy, codes.flatten(0, 1))
+
+
+def test_heldout_loss_is_the_exact_loss_over_every_code(cache):
+    """generator_training.heldout_loss: every position, the class given (no dropout), the mean NLL of all modelled
+    codes; the same twice, and the model's training flag is left as it was."""
+    data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
+    torch.manual_seed(3)
+    gen = ARGenerator(GeneratorConfig(variant="both", **{**TINY_GENERATOR, "class_dropout": 0.5}), data.layout)
+    gen.train()
+    first, second = generator_training.heldout_loss(gen, data), generator_training.heldout_loss(gen, data)
+    assert gen.training and first == second
+    stacks, classes = data.stacks(), data.labels[:, 0]
+    with torch.no_grad():
+        h = gen.forward_spatial(stacks[:, :-1], classes)  # (B, N, C)
+        codes = gen.embed.local_codes(stacks).flatten(0, 1)  # (B N, S)
+        logits = gen.slot_logits(gen.forward_depth(h.flatten(0, 1), codes[:, :-1]))  # S x (B N, K)
+    by_hand = torch.stack([F.cross_entropy(z, codes[:, j]) for j, z in enumerate(logits)]).mean()
+    assert first["loss"] == pytest.approx(float(by_hand), abs=1e-4)
 
 
 def test_a_generator_saved_before_rotary_existed_loads_without_it(cache, tmp_path):

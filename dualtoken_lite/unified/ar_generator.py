@@ -57,7 +57,8 @@ class GeneratorConfig:
     pixel_depths: int = 1  # pixel depths modelled, 1..pixel_depths (coarse to fine; the decoder reads their sum)
     semantic_depths: int = 1  # semantic depths modelled with variant "both", 1..semantic_depths
     depth_positions: int = 32  # grid positions per image whose stacks train the depth transformer each step
-    #                            (a random subset, see subsample_positions; N = all of them, the exact loss)
+    #                            (a random subset, see subsample_positions; N = all of them, the exact loss, which
+    #                            the trainer uses with depth_layers 1: docs/unified_model.md)
     dropout: float = 0.0  # dropout in attention and MLP while training
     class_everywhere: bool = True  # also add the class embedding to every position's input (condition_inputs)
     rotary: bool = False  # 2-D rotary embedding in the spatial transformer's attention (unified/rotary.py); the

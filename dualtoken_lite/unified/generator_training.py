@@ -5,7 +5,9 @@
     ... --loop.seed 1 --out runs/unified/generator-both-s1   (the second seed)   ... --resume auto (continue a killed run)
 
 The default budget, 3,200 steps x batch 32 with bf16 autocast on both cores of a 2-core CPU (``loop.threads 2``),
-fits the whole command in 10 minutes. The two generators share everything but ``model.variant``: the same training
+fits the whole command in 10 minutes. The recipe (docs/unified_model.md): a 2-D rotary embedding in the spatial
+attention, and a one-block depth transformer trained at every one of the 64 positions (the exact loss; two blocks
+on a random 32 cost the same time and reach a worse held-out loss). The two generators share everything but ``model.variant``: the same training
 images and classes (train split 0..N-1, the token cache the readers use), steps, batch and sizes. At the end the float16 weights are saved
 (``RUN/model``), reloaded, and ``eval_samples`` images are drawn (an equal number per class, the sampling settings
 of ``sampling``), decoded by the tokenizer and judged by the teacher against held-out images (unified/judge.py):
@@ -47,7 +49,8 @@ class GeneratorTrainConfig:
     init_from_codebooks: bool = True  # start each slot's code table from the tokenizer's codebook vectors
     resume: str | None = None  # "auto" (continue --out if it has a checkpoint) or a run folder
     overwrite: bool = False  # replace the run already in --out
-    model: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(rotary=True))  # size, variant, rotary
+    model: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(  # size and variant; the recipe:
+        rotary=True, depth_layers=1, depth_positions=64))  # rotary attention, the exact loss at all 64 positions
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3200, batch_size=32, lr=2e-3, threads=2,
                                                                 bf16=True))  # optimisation: both cores, bf16
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how the final measurement samples
@@ -66,6 +69,17 @@ class GeneratorTrainConfig:
             raise UserError(f"tokenizer={self.tokenizer}: no model.safetensors there; give a save_pretrained folder "
                             "(the shipped one is data/tokenizer)")
         return self
+
+
+@torch.no_grad()
+def heldout_loss(generator: ARGenerator, data) -> dict:
+    """{"loss", "loss_pixel"[, "loss_semantic"]}: mean nats per modelled code over a TokenSet's images, teacher-forced
+    (all 64 positions, the class given, ``ARGenerator.loss`` in eval mode): a measure with no sampling noise."""
+    was_training = generator.training
+    generator.eval()
+    _, logs = generator.loss(data.stacks(), data.labels[:, 0])
+    generator.train(was_training)
+    return {k: round(float(v), 4) for k, v in logs.items()}
 
 
 def measure_generator(generator: ARGenerator, tokenizer, judge: Judge, count: int, sampling: SamplingConfig,

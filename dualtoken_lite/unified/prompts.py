@@ -37,7 +37,7 @@ class SamplingConfig:
 
     temperature: float = 1.0  # logits / temperature before the softmax (0 = always the most likely code)
     top_k: int | None = None  # keep only the k most likely codes of each slot (None = all)
-    guidance: float = 2.0  # classifier-free guidance scale (1 = the plain conditional model; docs/unified_model.md)
+    guidance: float = 1.75  # classifier-free guidance scale (1 = the plain conditional model; docs/unified_model.md)
     seed: int = 0  # seeds the sampler's generator: the same seed gives the same images
     batch_size: int = 128  # images sampled together
 

@@ -7,9 +7,10 @@ runs/unified/generator-{variant}-s{seed}), copies the seed-0 readers' and genera
 ``--out`` (a few MB; the seed-1 models' figures are kept in the table), measures the ceiling (the teacher's
 accuracy and the Frechet distance on the tokenizer's own reconstructions of held-out images eval 1024..2047, from
 all pixel depths and from the depths the generators model, and on those originals, against the reference images
-eval 0..1023), and writes ``--out/results.json``: per question
-accuracy of the three readers for each seed, generation accuracy and Frechet distance of the two generators, the
-ceiling, and the command and load average of every figure.
+eval 0..1023) and each generator's held-out loss (nats per code of eval images 1024..2047, teacher-forced), and
+writes ``--out/results.json``: per question accuracy of the three readers for each seed, generation accuracy,
+Frechet distance and held-out loss of the two generators, the ceiling, and the command and load average of every
+figure.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import torch
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import MissingFile
 from dualtoken_lite.tinyworld.paths import DATA_ROOT, TOKENIZER_DIR
+from dualtoken_lite.unified.generator_training import heldout_loss
 from dualtoken_lite.unified.judge import Judge, held_out_images, reconstruction_ceiling
 from dualtoken_lite.unified.questions import QUESTION_NAMES
-from dualtoken_lite.unified.weights import read_config
+from dualtoken_lite.unified.token_cache import load_or_encode
+from dualtoken_lite.unified.weights import load_model, read_config
 
 READERS, GENERATORS, SEEDS = ("semantic", "pixel", "both"), ("pixel", "both"), (0, 1)
 UNIFIED_DIR = DATA_ROOT / "unified"  # the shipped readers, generators and results.json
@@ -72,6 +75,17 @@ def collect(runs: Path, out: Path, keep_readers: bool = False) -> dict:
     return table
 
 
+def add_heldout_loss(table: dict, runs: Path, tokenizer_dir: str, cache_dir: str) -> None:
+    """Each generator run's held-out loss (nats per modelled code of eval images 1024..2047, teacher-forced;
+    generator_training.heldout_loss) into its row: the comparison of the two generators with no sampling noise."""
+    tokenizer = DualToken.from_pretrained(tokenizer_dir).eval()
+    held_out = load_or_encode(tokenizer, tokenizer_dir, "eval", 1024, 1024, cache_dir)
+    for variant in GENERATORS:
+        for s in SEEDS:
+            model = load_model(runs / f"generator-{variant}-s{s}" / "model", kind="generator")
+            table["generators"][variant][f"seed{s}"]["heldout_loss"] = heldout_loss(model, held_out)
+
+
 def ship(model: Path, target: Path) -> None:
     """Copy a run's float16 model folder into the shipped folder (replacing an older copy)."""
     if target.exists():
@@ -96,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs/unified", help="folder of the reader-*/generator-* runs")
     parser.add_argument("--out", default=str(UNIFIED_DIR), help="where the shipped models and results.json go")
     parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR), help="the tokenizer the runs used")
+    parser.add_argument("--cache_dir", default="runs/unified/cache", help="the trainers' token caches")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--keep-readers", action="store_true", help="keep the readers' figures and models already in "
                         "--out (only the generators were retrained)")
@@ -104,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = collect(Path(args.runs), out, args.keep_readers)
+    add_heldout_loss(table, Path(args.runs), args.tokenizer, args.cache_dir)
     depths = sorted({read_config(out / f"generator-{v}")["config"]["pixel_depths"] for v in GENERATORS})
     table["ceiling"] = measure_ceiling(args.tokenizer, tuple(depths))
     table["ceiling"]["command"] = "python -m dualtoken_lite.unified_results " + " ".join(argv or [])
@@ -122,15 +138,18 @@ def format_table(table: dict) -> str:
         lines.append(f"| {variant} (seed 0 / 1) | " + " | ".join(cells) + " |")
     base = table["majority_baseline"]
     lines.append("| majority answer | " + " | ".join(f"{100 * base[q]:.1f}" for q in QUESTION_NAMES) + " |")
-    lines += ["", "| images | teacher accuracy (%) | Frechet distance |", "|---|---|---|"]
+    lines += ["", "| images | teacher accuracy (%) | Frechet distance | held-out nats per pixel code |",
+              "|---|---|---|---|"]
     for variant, row in table["generators"].items():
         runs = [row[f"seed{s}"]["generation"] for s in SEEDS]
+        nats = " / ".join(f"{row[f'seed{s}']['heldout_loss']['loss_pixel']:.3f}" for s in SEEDS
+                          ) if "heldout_loss" in row["seed0"] else ""
         lines.append(f"| generator {variant} (seed 0 / 1, {runs[0]['count']} samples each) | "
                      + " / ".join(f"{100 * g['teacher_accuracy']:.1f}" for g in runs) + " | "
-                     + " / ".join(f"{g['frechet']:.2f}" for g in runs) + " |")
+                     + " / ".join(f"{g['frechet']:.2f}" for g in runs) + f" | {nats} |")
     for name in [k for k in table["ceiling"] if k.startswith("reconstructions")] + ["originals"]:
         c = table["ceiling"][name]
         label = {"reconstructions": "tokenizer reconstructions, all 8 pixel depths", "originals": "the held-out "
                  "originals themselves"}.get(name, f"tokenizer reconstructions, first {name[-1]} pixel depth(s)")
-        lines.append(f"| {label} ({c['count']} images) | {100 * c['teacher_accuracy']:.1f} | {c['frechet']:.2f} |")
+        lines.append(f"| {label} ({c['count']} images) | {100 * c['teacher_accuracy']:.1f} | {c['frechet']:.2f} | |")
     return "\n".join(lines)
