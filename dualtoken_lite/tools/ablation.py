@@ -179,7 +179,7 @@ def run_ablation(steps: int, seeds: list[int], out: str | Path, extra: list[str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.ablation", description=__doc__.split("\n")[0],
                                      epilog="Other --flag value pairs are passed to every training run.",
                                      allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=1200, help="optimizer steps of every run (one budget; the main job's 1,200)")

@@ -7,11 +7,12 @@
 The default budget, 3,200 steps x batch 32 with bf16 autocast on both cores of a 2-core CPU (``loop.threads 2``),
 fits the whole command in 10 minutes. The recipe (docs/unified_model.md): a 2-D rotary embedding in the spatial
 attention, and a one-block depth transformer trained at every one of the 64 positions (the exact loss; two blocks
-on a random 32 cost the same time and reach a worse held-out loss). The two generators share everything but ``model.variant``: the same training
-images and classes (train split 0..N-1, the token cache the readers use), steps, batch and sizes. At the end the float16 weights are saved
-(``RUN/model``), reloaded, and ``eval_samples`` images are drawn (an equal number per class, the sampling settings
-of ``sampling``), decoded by the tokenizer and judged by the teacher against held-out images (unified/judge.py):
-class accuracy of the decoded pixels and the teacher-embedding Frechet distance. ``RUN/summary.json`` holds it,
+on a random 32 cost the same time and reach a worse held-out loss). The two generators share everything but
+``model.variant``: the same training images and classes (train split 0..N-1, the token cache the readers use),
+steps, batch and sizes. At the end the float16 weights are saved (``RUN/model``), reloaded, and ``eval_samples``
+images are drawn (an equal number per class, the sampling settings of ``sampling``), decoded by the tokenizer and
+judged by the teacher against held-out images (unified/judge.py): class accuracy of the decoded pixels and the
+teacher-embedding Frechet distance. ``RUN/summary.json`` holds it,
 ``RUN/samples/grid.png`` shows 8 samples per class (one row each).
 """
 

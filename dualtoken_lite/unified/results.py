@@ -75,10 +75,9 @@ def collect(runs: Path, out: Path, keep_readers: bool = False) -> dict:
     return table
 
 
-def add_heldout_loss(table: dict, runs: Path, tokenizer_dir: str, cache_dir: str) -> None:
+def add_heldout_loss(table: dict, runs: Path, tokenizer: DualToken, tokenizer_dir: str, cache_dir: str) -> None:
     """Each generator run's held-out loss (nats per modelled code of eval images 1024..2047, teacher-forced;
     generator_training.heldout_loss) into its row: the comparison of the two generators with no sampling noise."""
-    tokenizer = DualToken.from_pretrained(tokenizer_dir).eval()
     held_out = load_or_encode(tokenizer, tokenizer_dir, "eval", 1024, 1024, cache_dir)
     for variant in GENERATORS:
         for s in SEEDS:
@@ -93,12 +92,11 @@ def ship(model: Path, target: Path) -> None:
     shutil.copytree(model, target)
 
 
-def measure_ceiling(tokenizer_dir: str, depths: tuple[int, ...] = (), reference_count: int = 1024) -> dict:
+def measure_ceiling(tokenizer: DualToken, depths: tuple[int, ...] = (), reference_count: int = 1024) -> dict:
     """The reconstruction ceiling (all pixel depths, and the first d for each d in ``depths``) and the real-vs-real
     floor against held-out reference images (unified/judge.py)."""
     start = time.time()
     judge = Judge(held_out_images(0, reference_count)[0])
-    tokenizer = DualToken.from_pretrained(tokenizer_dir).eval()
     result = reconstruction_ceiling(judge, tokenizer, reference_count, reference_count, depths)
     result["reference_images"] = f"eval 0..{reference_count - 1}"
     result["seconds"] = round(time.time() - start, 1)
@@ -119,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = collect(Path(args.runs), out, args.keep_readers)
-    add_heldout_loss(table, Path(args.runs), args.tokenizer, args.cache_dir)
+    tokenizer = DualToken.from_pretrained(args.tokenizer).eval()  # loaded once for both measurements
+    add_heldout_loss(table, Path(args.runs), tokenizer, args.tokenizer, args.cache_dir)
     depths = sorted({read_config(out / f"generator-{v}")["config"]["pixel_depths"] for v in GENERATORS})
-    table["ceiling"] = measure_ceiling(args.tokenizer, tuple(depths))
+    table["ceiling"] = measure_ceiling(tokenizer, tuple(depths))
     table["ceiling"]["command"] = "python -m dualtoken_lite.unified_results " + " ".join(argv or [])
     table["ceiling"]["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     (out / "results.json").write_text(json.dumps(table, indent=2) + "\n")
