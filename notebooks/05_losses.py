@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -61,7 +61,7 @@ from dualtoken_lite.losses.perceptual import (
 )
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.notebook_runtime import FIGURES_DIR, Figures, RunRecord, start
-from dualtoken_lite.tinyworld.generator import make_batch, to_tensor
+from dualtoken_lite.tinyworld.drawing import make_batch, to_tensor
 from dualtoken_lite.tinyworld.paths import DATA_ROOT
 from dualtoken_lite.tinyworld.shards import write_split_shard
 from dualtoken_lite.tinyworld.teacher import load_teacher

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -49,7 +49,7 @@ import torch
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import from_lm_sequence, to_lm_sequence
 from dualtoken_lite.notebook_runtime import Figures, start
-from dualtoken_lite.tinyworld.generator import CLASSES, make_batch, to_tensor
+from dualtoken_lite.tinyworld.drawing import CLASSES, make_batch, to_tensor
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.unified import generator_training, reader_training
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_offsets

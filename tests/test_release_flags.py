@@ -10,7 +10,7 @@ from release_layout import random_release_state
 
 from dualtoken_lite.model.release import model_from_release
 from dualtoken_lite.settings import ConfigError
-from dualtoken_lite.tinyworld.generator import make_sample
+from dualtoken_lite.tinyworld.drawing import make_sample
 from dualtoken_lite.tinyworld.shards import encode_png
 from dualtoken_lite.training import distributed as dist_utils
 from dualtoken_lite.training.arguments import parse_args

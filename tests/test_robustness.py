@@ -19,7 +19,7 @@ from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.pretrained import CheckpointError
 from dualtoken_lite.presets import model_preset
 from dualtoken_lite.settings import ConfigError, UserError, run_cli
-from dualtoken_lite.tinyworld.generator import make_sample
+from dualtoken_lite.tinyworld.drawing import make_sample
 from dualtoken_lite.tinyworld.shards import encode_png
 from dualtoken_lite.training.arguments import parse_args
 

@@ -15,7 +15,7 @@ import webdataset as wds
 from safetensors.torch import load_file
 
 from dualtoken_lite.settings import ConfigError
-from dualtoken_lite.tinyworld.generator import make_sample
+from dualtoken_lite.tinyworld.drawing import make_sample
 from dualtoken_lite.tinyworld.shards import encode_png
 from dualtoken_lite.training import distributed as dist_utils
 from dualtoken_lite.training.arguments import parse_args

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import from_lm_sequence
 from dualtoken_lite.settings import UserError, run_cli
-from dualtoken_lite.tinyworld.generator import (
+from dualtoken_lite.tinyworld.drawing import (
     CLASSES,
     HUES,
     TinyWorldConfig,
@@ -26,7 +26,7 @@ from dualtoken_lite.tinyworld.generator import (
     light_figure,
     make_sample,
 )
-from dualtoken_lite.tinyworld.generator import to_tensor as images_to_tensor
+from dualtoken_lite.tinyworld.drawing import to_tensor as images_to_tensor
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.unified import generator_training, prompts, reader_training
 from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from dualtoken_lite.datasets.sources import read_shard
-from dualtoken_lite.tinyworld.generator import SPLITS, TinyWorldConfig, make_sample, split_id
+from dualtoken_lite.tinyworld.drawing import SPLITS, TinyWorldConfig, make_sample, split_id
 from dualtoken_lite.tinyworld.paths import SOURCE_NAMES, TINYWORLD_ROOT
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from dualtoken_lite.model.token_layout import TokenLayout
 from dualtoken_lite.settings import ConfigError
-from dualtoken_lite.tinyworld.generator import CLASSES
+from dualtoken_lite.tinyworld.drawing import CLASSES
 from dualtoken_lite.unified.blocks import Transformer
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_sizes, variant_slots
 from dualtoken_lite.unified.rotary import generator_angles

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import ConfigError, UserError
-from dualtoken_lite.tinyworld.generator import CLASSES
+from dualtoken_lite.tinyworld.drawing import CLASSES
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
 from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, run_command, ship

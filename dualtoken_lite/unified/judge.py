@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from dualtoken_lite.evaluation.external import build_fid
-from dualtoken_lite.tinyworld.generator import CLASSES, make_sample, to_tensor
+from dualtoken_lite.tinyworld.drawing import CLASSES, make_sample, to_tensor
 from dualtoken_lite.tinyworld.teacher import load_teacher
 
 

@@ -25,7 +25,7 @@ from PIL import Image
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence
 from dualtoken_lite.settings import ConfigError, UserError
-from dualtoken_lite.tinyworld.generator import CLASSES
+from dualtoken_lite.tinyworld.drawing import CLASSES
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.unified.judge import decode_depths, to_uint8
 from dualtoken_lite.unified.token_cache import fingerprint

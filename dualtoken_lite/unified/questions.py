@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from dualtoken_lite.tinyworld.generator import BACKGROUNDS, CLASSES, FILLS, HUES
+from dualtoken_lite.tinyworld.drawing import BACKGROUNDS, CLASSES, FILLS, HUES
 
 # question -> (the description's key, its answers in order)
 QUESTIONS: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dualtoken_lite.model.token_layout import TokenLayout, to_lm_sequence
 from dualtoken_lite.settings import UserError
-from dualtoken_lite.tinyworld.generator import make_sample, split_id, to_tensor
+from dualtoken_lite.tinyworld.drawing import make_sample, split_id, to_tensor
 from dualtoken_lite.unified.questions import QUESTION_NAMES, describe
 
 CACHE_VERSION = 1  # bump when what a cache file holds changes
