@@ -1,0 +1,91 @@
+"""SigLIP's pairwise sigmoid loss, on one process or across ranks (Zhai et al. 2023, arXiv 2303.15343, eq. 1).
+
+Every image-text pair of a batch is its own binary question, "do these two belong together?":
+
+    logits_ij = t * <x_i, y_j> + b                 x, y unit-norm embeddings, t = exp(t'), learnable t' and b
+    L = -1/|B| sum_i sum_j log sigmoid(z_ij * logits_ij),   z_ij = +1 for a matching pair, -1 otherwise
+
+initialised at t' = log 10, b = -10 (the paper's values: with many more negatives than positives, the bias starts
+where almost every pair is a "no"). Unlike the softmax loss, no normalisation over the batch is needed, so across
+ranks each process scores its own images against every rank's texts, passing text embeddings around a ring,
+exactly as open_clip's ``SigLipLoss`` does (its "shift" exchange, whose gradients flow back to the sender).
+
+**Which pairs match.** SigLIP's z is the identity matrix: image i matches text i only. A caption that names a few
+attributes ("a star") is true of other images of the batch too, and calling those pairs negatives teaches the
+model to tell apart what the text cannot. Given ``keys``, a pair matches when every field of the text's key is
+-1 (the text is silent) or equals the image's field: the caption is true of that image. Without keys the loss is
+open_clip's (tests check both, on one process and on two).
+
+open_clip's ``SigLipLoss`` has no way to take a label matrix, so this module keeps its exchange (and uses its
+``neighbour_exchange*`` functions) and adds the keys, which travel around the ring beside the text embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from open_clip.loss import neighbour_exchange, neighbour_exchange_with_grad
+from torch import Tensor, nn
+
+INIT_LOGIT_SCALE = math.log(10.0)  # t' (t = exp t' = 10), SigLIP's initialisation
+INIT_LOGIT_BIAS = -10.0  # b, SigLIP's initialisation
+
+
+def keys_match(image_keys: Tensor, text_keys: Tensor) -> Tensor:
+    """Which texts are true of which images: image keys (I, F), text keys (T, F) -> (I, T) bool.
+
+    A text is true of an image when each of its fields is -1 (not named) or equal to the image's field.
+    """
+    t, i = text_keys[None, :, :], image_keys[:, None, :]
+    return ((t == i) | (t < 0)).all(-1)
+
+
+def pair_signs(n_images: int, n_texts: int, device, dtype, image_keys: Tensor | None = None,
+               text_keys: Tensor | None = None, same_batch: bool = True) -> Tensor:
+    """z (I, T): +1 for matching pairs, -1 for the rest. Without keys: the diagonal of one's own batch matches."""
+    if image_keys is not None and text_keys is not None:
+        match = keys_match(image_keys, text_keys)
+        if same_batch:  # a caption is always true of its own image, whatever its key says
+            match = match | torch.eye(n_images, n_texts, dtype=torch.bool, device=device)
+        return match.to(dtype) * 2 - 1
+    if same_batch:
+        return 2 * torch.eye(n_images, n_texts, device=device, dtype=dtype) - 1
+    return -torch.ones(n_images, n_texts, device=device, dtype=dtype)
+
+
+def sigmoid_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, logit_bias: Tensor,
+                 signs: Tensor) -> Tensor:
+    """-sum_ij log sigmoid(z_ij (t <x_i, y_j> + b)) / I for unit-norm (I, E) and (T, E) features, t = logit_scale."""
+    logits = logit_scale * image_features @ text_features.T + logit_bias  # (I, T)
+    return -F.logsigmoid(signs * logits).sum() / image_features.shape[0]
+
+
+class SigmoidLoss(nn.Module):
+    """The sigmoid loss of this rank's images against the texts of every rank (a ring exchange, like open_clip's)."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.rank, self.world_size = rank, world_size
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, logit_bias: Tensor,
+                image_keys: Tensor | None = None, text_keys: Tensor | None = None) -> Tensor:
+        """Loss of unit-norm image (B, E) and text (B, E) features; keys (B, F) make partial captions positives."""
+        if (image_keys is None) != (text_keys is None):
+            raise ValueError("give both image_keys and text_keys, or neither")
+        B, T = image_features.shape[0], text_features.shape[0]
+        signs = pair_signs(B, T, image_features.device, image_features.dtype, image_keys, text_keys)
+        loss = sigmoid_loss(image_features, text_features, logit_scale, logit_bias, signs)
+        if self.world_size == 1:
+            return loss
+        right, left = (self.rank + 1) % self.world_size, (self.rank - 1) % self.world_size
+        texts, keys = text_features, text_keys
+        for _ in range(self.world_size - 1):  # the texts of rank - 1, rank - 2, ... in turn
+            texts = neighbour_exchange_with_grad(left, right, texts)
+            if keys is not None:
+                keys = neighbour_exchange(left, right, keys)
+            signs = pair_signs(B, texts.shape[0], image_features.device, image_features.dtype, image_keys, keys,
+                               same_batch=False)
+            loss = loss + sigmoid_loss(image_features, texts, logit_scale, logit_bias, signs)
+        return loss
