@@ -20,14 +20,14 @@ The public API::
 """
 
 from dualtoken_lite.losses.config import LossConfig
-from dualtoken_lite.model.config import BackboneConfig, ModelConfig
+from dualtoken_lite.model.config import BackboneConfig, ModelConfig, model_preset
 from dualtoken_lite.model.dualtoken import DualToken, DualTokenOutput
-from dualtoken_lite.presets import PRESETS, loss_preset, model_preset, preset
 from dualtoken_lite.quantizers.codebook import Codebook
 from dualtoken_lite.quantizers.residual import QuantizerConfig, ResidualQuantizer, RVQOutput
 from dualtoken_lite.quantizers.vector import VectorQuantizer
 from dualtoken_lite.settings import ConfigError
 from dualtoken_lite.training.config import TrainConfig
+from dualtoken_lite.training.presets import PRESETS, loss_preset, preset
 
 __version__ = "0.1.0"
 

@@ -398,7 +398,7 @@ assert all(runs[n][0].reconstructions.shape == (8, 3, 64, 64) for n in names)
 # detail. It is the two objectives pulling **one codebook** two ways: semantics wants codes that ignore appearance,
 # reconstruction wants codes that keep it. Give each objective its own codebook and layer and both are served, (d).
 #
-# Ours: `python -m dualtoken_lite.ablation --steps 400 --seeds 0 1 --threads 1 --out runs/ablation`
+# Ours: `python -m dualtoken_lite ablation --steps 400 --seeds 0 1 --threads 1 --out runs/ablation`
 # (the tiny preset, 400 steps at batch 32 per run, eight runs; its record ships as `ablation.json`).
 
 # %%

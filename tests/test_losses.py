@@ -12,7 +12,7 @@ from torch import nn
 
 from dualtoken_lite.losses import terms as L
 from dualtoken_lite.losses.gan import PatchDiscriminator
-from dualtoken_lite.presets import loss_preset
+from dualtoken_lite.training.presets import loss_preset
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -246,8 +246,8 @@ def test_discriminator_loss_by_hand_on_a_constant_critic():
 
 
 def test_teacher_gets_no_gradients_through_the_real_model():
+    from dualtoken_lite.model.config import model_preset
     from dualtoken_lite.model.dualtoken import DualToken
-    from dualtoken_lite.presets import model_preset
 
     torch.manual_seed(0)
     model = DualToken(model_preset("tiny"))

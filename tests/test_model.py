@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dualtoken_lite.model.backbone import teacher_targets
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.pretrained import CheckpointError
-from dualtoken_lite.presets import model_preset
 from dualtoken_lite.settings import ConfigError
 
 

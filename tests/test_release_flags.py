@@ -64,7 +64,7 @@ def test_release_flags_map_to_our_settings():
 @pytest.mark.parametrize("flag, value, ours", [
     ("--precision", "fp16", "--precision amp_bf16"), ("--precision", "pure_bf16", "--bf16 true"),
     ("--lr-scheduler", "const-cooldown", "--min_lr_ratio"), ("--report-to", "wandb", "--report-to tensorboard"),
-    ("--imagenet-val", "/data/imagenet/val", "python -m dualtoken_lite.evaluate RUN --data IMAGENET_VAL --zero-shot"),
+    ("--imagenet-val", "/data/imagenet/val", "python -m dualtoken_lite evaluate RUN --data IMAGENET_VAL --zero-shot"),
 ])
 def test_release_flags_we_do_not_have_are_refused_naming_ours(flag, value, ours):
     with pytest.raises(ConfigError, match=f"{flag} {value}: .*{ours}"):

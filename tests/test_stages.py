@@ -9,8 +9,9 @@ import torch
 from dualtoken_lite.losses import terms as L
 from dualtoken_lite.losses.gan import PatchDiscriminator
 from dualtoken_lite.losses.stages import STAGES, apply_stage, frozen_block_count, get_stage, stage_train_mode
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.presets import loss_preset, model_preset
+from dualtoken_lite.training.presets import loss_preset
 
 PIXEL_PARTS = ("pixel_proj.", "shortcut_proj.", "pixel_post_proj.", "post_quant_block.", "decoder.", "pixel_quantizer.")
 

@@ -180,8 +180,8 @@ def test_two_processes_train_in_step(shards, tmp_path):
 
 def test_config_json_written_before_the_typed_loss_still_loads(tmp_path):
     """Run folders from before LossConfig was typed stored only the loss overrides: they load onto the preset."""
-    from dualtoken_lite.presets import loss_preset
     from dualtoken_lite.training.arguments import load_run_config
+    from dualtoken_lite.training.presets import loss_preset
 
     cfg = parse_args(["--out", str(tmp_path), "--max_steps", "7"])
     old = {**json.loads(json.dumps(__import__("dataclasses").asdict(cfg))), "loss": {"sem_weight": 2}}

@@ -2,7 +2,7 @@
 
 The released code hard-coded these inside its training loop (docs/method.md §7.5); here each is a field with the
 paper's value as its default and a comment naming its role. Presets (``tiny``, ``so400m-384``) live in
-``dualtoken_lite.presets``; which terms are on comes from the stage (``losses.stages``), the GAN's timing from
+``dualtoken_lite.training.presets``; which terms are on comes from the stage (``losses.stages``), the GAN's timing from
 ``losses.gan.GanSchedule``.
 """
 

@@ -37,7 +37,7 @@ TRUNK_PREFIXES = ("", "trunk.", "visual.trunk.", "module.visual.trunk.", "encode
 # File names looked up inside a weights folder (open_clip / HF hub layouts, and our own checkpoints).
 WEIGHT_FILES = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin",
-    "teacher.safetensors",  # the tiny world's teacher (dualtoken_lite.teacher): its trunk.* tensors
+    "teacher.safetensors",  # the tiny world's teacher (`python -m dualtoken_lite teacher`): its trunk.* tensors
 )
 
 

@@ -4,7 +4,7 @@
     images, labels = load_split(paths["eval"])    # (B, h, w, 3) uint8, (B,) int64
     resolve_data("tinyworld-eval")                # a data argument: the tiny world's names -> shard paths
 
-Command line: ``python -m dualtoken_lite.tinyworld --out data/tinyworld`` writes the shards.
+Command line: ``python -m dualtoken_lite tinyworld --out data/tinyworld`` writes the shards.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def resolve_data(source: str | list, is_main: bool = True, barrier: Callable[[],
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite tinyworld", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(TINYWORLD_ROOT), help="folder of the shards")
     parser.add_argument("--splits", nargs="+", default=["train", "eval"], choices=sorted(SPLITS))
     parser.add_argument("--train-count", type=int, default=DEFAULT_COUNTS["train"])

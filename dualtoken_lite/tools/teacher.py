@@ -154,7 +154,7 @@ def save_teacher(model: Teacher, card: dict, folder: str | os.PathLike = TEACHER
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the tiny world's teacher and ship its weights.")
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite teacher", description="Train the tiny world's teacher and ship its weights.")
     for name, value in asdict(TeacherConfig()).items():
         if not isinstance(value, tuple):
             kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)

@@ -23,11 +23,11 @@ from dualtoken_lite.losses import config as loss_config
 from dualtoken_lite.losses.config import LossConfig
 from dualtoken_lite.model import config as model_config
 from dualtoken_lite.model.config import ModelConfig
-from dualtoken_lite.presets import preset as named_preset
 from dualtoken_lite.quantizers import residual
 from dualtoken_lite.settings import ConfigError, from_dict
 from dualtoken_lite.training import config as train_config
 from dualtoken_lite.training.config import TrainConfig, validate_train
+from dualtoken_lite.training.presets import preset as named_preset
 
 # The original release's command-line flags (docs/method.md §4) -> our field names.
 RELEASE_FLAGS: dict[str, str] = {
@@ -77,7 +77,7 @@ REFUSALS = {
     "--report-to": "metrics go to RUN/metrics.jsonl, and to TensorBoard with --report-to tensorboard "
                    "(= --tensorboard true); there is no wandb logger",
     "--imagenet-val": "zero-shot is not run during training; evaluate the trained model afterwards: "
-                      "python -m dualtoken_lite.evaluate RUN --data IMAGENET_VAL --zero-shot",
+                      "python -m dualtoken_lite evaluate RUN --data IMAGENET_VAL --zero-shot",
 }
 
 

@@ -1,7 +1,7 @@
 """One training run's settings: the ``TrainConfig`` dataclass and its validation (docs/method.md §4).
 
 A ``TrainConfig`` holds everything a run needs: its own settings, the tokenizer (``model``, a ``ModelConfig``) and
-the objective (``loss``, a ``LossConfig``). Named presets live in ``dualtoken_lite.presets``; the command line
+the objective (``loss``, a ``LossConfig``). Named presets live in ``dualtoken_lite.training.presets``; the command line
 (``training.arguments``) starts from one and applies overrides; ``validate_train`` checks the whole before any data
 is read.
 """
@@ -19,7 +19,7 @@ from dualtoken_lite.settings import ConfigError, require_finite
 class TrainConfig:
     """One training run (docs/method.md §4 for the paper's values)."""
 
-    preset: str = "tiny"  # the preset (dualtoken_lite.presets) this run started from
+    preset: str = "tiny"  # the preset (dualtoken_lite.training.presets) this run started from
     out: str = "runs/tiny"  # run folder: config.json, metrics.jsonl, checkpoints/, images/, summary.json
     train_data: str = "tinyworld"  # "tinyworld" (the bundled set, made on first use), shard pattern(s) or a folder
     eval_data: str | None = "tinyworld-eval"  # held-out set for PSNR / accuracy; None = no evaluation

@@ -10,10 +10,10 @@ fine detail) and generates better (semantic tokens keep structure) than with one
     reader.py               understanding: image tokens + question tokens -> answers (variants semantic/pixel/both)
     ar_generator.py         generation: class -> spatial transformer over positions + depth transformer over codes
     judge.py                generated pixels judged by the teacher: class accuracy, Frechet distance, ceiling
-    prompts.py              class name -> samples -> decoded PNGs (`python -m dualtoken_lite.generate`)
+    prompts.py              class name -> samples -> decoded PNGs (`python -m dualtoken_lite generate`)
     fit.py                  the shared training loop (checkpoints, resume, metrics) from training/'s parts
-    reader_training.py      `python -m dualtoken_lite.train_reader`
-    generator_training.py   `python -m dualtoken_lite.train_generator`
+    reader_training.py      `python -m dualtoken_lite train_reader`
+    generator_training.py   `python -m dualtoken_lite train_generator`
     weights.py              model folders: config.json + model.safetensors, strict loading
-    results.py              `python -m dualtoken_lite.unified_results`: ship the models, write results.json
+    results.py              `python -m dualtoken_lite unified_results`: ship the models, write results.json
 """

@@ -1,7 +1,7 @@
-"""Train and measure one generator: `python -m dualtoken_lite.train_generator --model.variant both`.
+"""Train and measure one generator: `python -m dualtoken_lite train_generator --model.variant both`.
 
-    python -m dualtoken_lite.train_generator --model.variant pixel --out runs/unified/generator-pixel-s0
-    python -m dualtoken_lite.train_generator --model.variant both  --out runs/unified/generator-both-s0
+    python -m dualtoken_lite train_generator --model.variant pixel --out runs/unified/generator-pixel-s0
+    python -m dualtoken_lite train_generator --model.variant both  --out runs/unified/generator-both-s0
     ... --loop.seed 1 --out runs/unified/generator-both-s1   (the second seed)   ... --resume auto (continue a killed run)
 
 The default budget, 3,200 steps x batch 32 with bf16 autocast on both cores of a 2-core CPU (``loop.threads 2``),

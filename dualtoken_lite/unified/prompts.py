@@ -1,7 +1,7 @@
 """From a prompt to pictures: class name -> sampled code stacks -> the tokenizer's decoder -> PNG files.
 
-    python -m dualtoken_lite.generate data/unified/generator-both --prompt star --num 16 --out samples/
-    python -m dualtoken_lite.generate data/unified/generator-both --prompt star heart --temperature 0.9 --top-k 64
+    python -m dualtoken_lite generate data/unified/generator-both --prompt star --num 16 --out samples/
+    python -m dualtoken_lite generate data/unified/generator-both --prompt star heart --temperature 0.9 --top-k 64
 
 A prompt is one of the tiny world's shape classes (an unknown one is an error listing them). The generator's
 model folder names the tokenizer it was trained on (its fingerprint); ``--tokenizer`` is the folder to decode with
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dualtoken_lite.unified.weights import load_model
 
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.generate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite generate", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a generator folder (data/unified/generator-both, or RUN/model)")
     parser.add_argument("--prompt", nargs="+", required=True, help=f"class name(s): {', '.join(CLASSES)}")
     parser.add_argument("--num", type=int, default=16, help="images per prompt")
