@@ -1,6 +1,6 @@
 """Plumbing shared by every config dataclass: the error types and dict round trips.
 
-Configs are plain ``@dataclass``es (STYLE habit 5); ``to_dict`` / ``from_dict`` turn them into JSON and back,
+Configs are plain ``@dataclass``es; ``to_dict`` / ``from_dict`` turn them into JSON and back,
 checking field names and types so that a hand-edited ``config.json`` fails with a message naming the field.
 """
 

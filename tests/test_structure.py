@@ -115,14 +115,17 @@ def test_the_layering_test_sees_an_upward_import():
 TEXT_FILES = sorted(
     [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "notebooks").glob("*.py"),
      ROOT / "README.md", ROOT / "data" / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "Makefile",
-     *(ROOT / "tests").glob("*.py"), *(ROOT / "data").glob("*.py")]
+     *(ROOT / "data").glob("*.py")]
 )
 DOTTED = re.compile(r"(?<![\w.])dualtoken_lite(?:\.[A-Za-z_]\w*)+")
+# a chapter-relative dotted name in backticks: ``tinyworld.make_sample``, `training.loop`
+CHAPTER_DOTTED = re.compile(r"`+([a-z_]+(?:\.[A-Za-z_]\w*)+)(?:\(\))?`+")
 # a relative path with at least one folder and a file name or a trailing slash
-PATH = re.compile(r"(?<![\w./~$-])((?:[A-Za-z_][\w.-]*/)+(?:[\w.-]*[\w-])?/?)")
+PATH = re.compile(r"(?<![\w./~$-])((?:[A-Za-z_][\w.{}*<>-]*/)+(?:[\w.{}*<>-]*[\w}>-])?/?)")
 REPO_TOPS = ("dualtoken_lite", "docs", "data", "notebooks", "benchmarks", "tests", ".ci")
+NAMES_OF_VARIABLES = ("model", "losses")  # ``model.encode``, ``model.safetensors`` name a model, not the chapter
 SUBPACKAGES = tuple(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
-PLACEHOLDER = re.compile(r"[*{}<>]|NNNN|N\.|\.\.\.")
+PLACEHOLDER = re.compile(r"[*{}<>]|NNNN|NN_|\.\.\.")
 
 
 def resolves_dotted(name: str) -> bool:
@@ -142,12 +145,21 @@ def resolves_dotted(name: str) -> bool:
 
 
 def resolves_path(path: str) -> bool:
-    """A repository path names a file or folder of the repository (or of the package, for chapter paths like
-    ``training/loop.py``); a pattern (``train-*.tar``, ``step_NNNN``) is checked by its fixed folders."""
+    """A repository path names a file or folder of the repository, or of the package for chapter paths like
+    ``training/loop.py``; ``training/checkpoints`` names a module and ``training/optim.decay_groups`` one of its
+    attributes. A pattern (``train-*.tar``, ``notebooks/NN_name.py``) is checked by its fixed folders."""
     if PLACEHOLDER.search(path):
         path = path[: PLACEHOLDER.search(path).start()].rsplit("/", 1)[0]
     path = path.rstrip("/.")
-    return (ROOT / path).exists() or (PACKAGE / path).exists() or (ROOT / "notebooks" / path).exists()
+    for base in (ROOT, PACKAGE):
+        if (base / path).exists() or (base / f"{path}.py").exists():
+            return True
+        folder, _, name = path.rpartition("/")
+        module, _, attribute = name.partition(".")
+        if attribute and (base / folder / f"{module}.py").is_file():
+            dotted = module_name(base / folder / f"{module}.py")
+            return resolves_dotted(f"{dotted}.{attribute}")
+    return False
 
 
 def is_repository_path(path: str) -> bool:
@@ -161,6 +173,9 @@ def pointers(file: Path) -> list[tuple[int, str, str]]:
     for number, line in enumerate(file.read_text().splitlines(), 1):
         for m in DOTTED.finditer(line):
             found.append((number, "name", m.group(0)))
+        for m in CHAPTER_DOTTED.finditer(line):
+            if m.group(1).split(".")[0] in SUBPACKAGES and m.group(1).split(".")[0] not in NAMES_OF_VARIABLES:
+                found.append((number, "name", f"dualtoken_lite.{m.group(1)}"))
         for m in PATH.finditer(line):
             if is_repository_path(m.group(1)):
                 found.append((number, "path", m.group(1)))

@@ -1,4 +1,4 @@
-"""The tiny unified model (issue 12): token caches, the readers, the generator, prompts and resume.
+"""The tiny unified model: token caches, the readers, the generator, prompts and resume.
 
 Small on purpose (tiny widths, a handful of images, a few steps): the whole file runs in well under a minute on one
 CPU thread. The shipped tokenizer (data/tokenizer) makes the codes, as in the real runs.

@@ -117,7 +117,7 @@ class ResidualQuantizer(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: QuantizerConfig) -> ResidualQuantizer:
-        """Build from a ``dualtoken_lite.config.QuantizerConfig``."""
+        """Build from a ``QuantizerConfig``."""
         return cls(
             dim=cfg.code_dim,
             depth=cfg.depth,

@@ -2,7 +2,7 @@
 
 The teacher (the model and how it loads: ``tinyworld/teacher.py``) is the tiny preset's trunk plus a class head,
 trained from scratch on the tiny world's procedural shapes. Why it learns in minutes where a plain run stalled near
-chance: mostly the data (the shape is always the light figure on a darker ground, ``tinyworld.light_figure``);
+chance: mostly the data (the shape is always the light figure on a darker ground, ``tinyworld.drawing.light_figure``);
 then the recipe: a pool of drawn samples, each seen under a random flip/rotation by 90 degrees (the classes are
 symmetric under them), batch 64, AdamW with a linear warmup and a cosine decay, label smoothing, gradient
 clipping, and bfloat16 autocast on the CPU. Shipped result: 98.3 % held-out (raw-pixel linear probe: 31.5 %)

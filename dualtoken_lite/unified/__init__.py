@@ -1,4 +1,4 @@
-"""A tiny unified model that understands and generates from DualToken tokens (issue 12; the paper's §3.3-§4).
+"""A tiny unified model that understands and generates from DualToken tokens (the paper's sections 3.3-4).
 
 The paper's claim: a language model that reads and writes BOTH token types understands better (pixel tokens add
 fine detail) and generates better (semantic tokens keep structure) than with one type. At tiny-world scale:

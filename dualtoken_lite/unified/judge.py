@@ -1,4 +1,4 @@
-"""Judging generated images with the tiny world's teacher: class accuracy and a Frechet distance (issue 12).
+"""Judging generated images with the tiny world's teacher: class accuracy and a Frechet distance.
 
     judge = Judge(reference_images)                       # uint8 (M, 64, 64, 3) held-out images
     judge(images, labels)   # -> {"teacher_accuracy", "per_class_accuracy", "frechet", "count"}
