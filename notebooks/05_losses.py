@@ -115,7 +115,7 @@ with torch.no_grad():
     logits_real, logits_fake = critic(x_eval[:4]), critic(x_eval[4:8].flip(-1))  # (B, 1, 8, 8) patch logits
 hinge = 0.5 * (F.leaky_relu(1 - logits_real, 0.01).mean() + F.leaky_relu(1 + logits_fake, 0.01).mean())
 torch.testing.assert_close(hinge, library.discriminator_hinge_loss(logits_real, logits_fake))
-torch.testing.assert_close(-logits_fake.mean(), library.generator_adversarial_loss(logits_fake))
+torch.testing.assert_close(-logits_fake.mean(), library.adversarial_loss(logits_fake))
 print(f"patch logits {tuple(logits_real.shape)}; hinge {hinge.item():.4f}, L_G {-logits_fake.mean().item():.4f}")
 
 # %% [markdown]

@@ -73,6 +73,10 @@ def test_shapes_and_codes_api(name):
     pixel_codes, semantic_codes = model.encode(x)
     torch.testing.assert_close(model.decode(pixel_codes), out.reconstruction, rtol=0, atol=1e-6)
     assert torch.equal(pixel_codes, out.pixel_codes)
+    # the first d depths: the decoder on their partial sum, from the full codes or from just those d
+    first = model.decode_quantized(model.pixel_quantizer.decode(pixel_codes, depths=1))
+    assert torch.equal(model.decode(pixel_codes, depths=1), first)
+    assert torch.equal(model.decode(pixel_codes[..., :1], depths=1), first)
     if cfg.semantic_layer is None:
         assert out.semantic is None and out.semantic_codes is None and semantic_codes is None
         assert out.semantic_features is None and out.pooled is None

@@ -83,7 +83,7 @@ def test_grad_clip_norm_bounds_the_gradient_the_optimizer_sees(train_shard, tmp_
         cfg = parse_args([*FAST, "--train-data", train_shard, "--out", str(tmp_path), "--deterministic", "true",
                           *(["--grad-clip-norm", clip] if clip else [])])
         tr = build_trainer(cfg, dist_utils.setup("cpu"))
-        tr.generator_micro_step(tr.model, next(tr.batches()), scale=1.0)
+        tr.tokenizer_micro_step(tr.model, next(tr.batches()), scale=1.0)
         adamw_step = tr.optimizer.step
 
         def step_seeing_the_gradient(tr=tr, adamw_step=adamw_step):

@@ -89,7 +89,7 @@ def test_one_training_step_runs_in_every_stage(stage):
     codebooks = {n: b.clone() for n, b in model.named_buffers() if n.endswith(".embed")}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     targets = L.targets_from_teacher(teacher, images, model.cfg.semantic_layer)
-    total, logs = L.generator_loss(model(images), images, cfg, teacher=targets, discriminator=disc,
+    total, logs = L.tokenizer_loss(model(images), images, cfg, teacher=targets, discriminator=disc,
                                    last_layer=model.decoder.conv_out.weight, stage=stage, gan_weight=0.75)
     total.backward()
     opt.step()

@@ -17,7 +17,7 @@ import copy
 from dataclasses import dataclass, field
 
 from dualtoken_lite.quantizers.residual import QuantizerConfig, validate_quantizer
-from dualtoken_lite.settings import ConfigError, require_finite
+from dualtoken_lite.settings import ConfigError, require_at_least, require_finite
 
 RANDOM_WEIGHTS = "random"  # backbone.pretrained value that asks for a randomly initialised tower on purpose
 
@@ -75,9 +75,7 @@ def validate(cfg: ModelConfig) -> ModelConfig:
     """Check a model config before anything is built; raise ConfigError naming the value and the fix."""
     require_finite(cfg)
     b = cfg.backbone
-    for name in ("image_size", "patch_size", "width", "layers", "heads"):
-        if getattr(b, name) < 1:
-            raise ConfigError(f"backbone.{name}={getattr(b, name)} must be >= 1")
+    require_at_least(b, ("image_size", "patch_size", "width", "layers", "heads"), 1, where="backbone.")
     if b.mlp_ratio <= 0 or cfg.proj_head_dim < 1 or cfg.decoder_channels < 1 or cfg.decoder_in_channels < 1:
         raise ConfigError(f"backbone.mlp_ratio={b.mlp_ratio}, proj_head_dim={cfg.proj_head_dim}, decoder_channels="
                           f"{cfg.decoder_channels} and decoder_in_channels={cfg.decoder_in_channels} must be > 0")

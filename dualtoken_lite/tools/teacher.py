@@ -52,9 +52,9 @@ class TeacherConfig:
     eval_every: int = 200  # steps between held-out accuracy checks on the eval shard (logged, never selected on)
 
 
-def dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def dihedral(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """A random one of the 8 flips/90-degree rotations per image (every shape class is symmetric under them)."""
-    k = torch.randint(0, 8, (images.shape[0],), generator=generator)
+    k = torch.randint(0, 8, (images.shape[0],), generator=rng)
     out = images.clone()
     for code in range(8):
         sel = k == code

@@ -3,8 +3,8 @@
     tr = build_trainer(cfg, world)
 
 The order matters for exact resumes and reproducibility: seeds first, then the data loader, the model (whose
-random initialisation draws from the seeded generator), the teacher, the optimizer, and last the saved state
-of a resumed run (which restores every random generator as it was when the checkpoint was written).
+random initialisation draws from the seeded RNG), the teacher, the optimizer, and last the saved state
+of a resumed run (which restores every RNG as it was when the checkpoint was written).
 """
 
 from __future__ import annotations
