@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.model.pretrained import CheckpointError
 from dualtoken_lite.model.token_layout import from_lm_sequence
 from dualtoken_lite.settings import UserError, run_cli
 from dualtoken_lite.tinyworld.drawing import (
@@ -214,20 +215,19 @@ def test_heldout_loss_is_the_exact_loss_over_every_code(cache):
     assert first["loss"] == pytest.approx(float(by_hand), abs=1e-4)
 
 
-def test_a_generator_saved_before_rotary_existed_loads_without_it(cache, tmp_path):
-    """A model folder whose config.json has no "rotary" field is the model it was: no rotary angles."""
+def test_a_model_folder_lacking_a_config_field_is_refused(cache, tmp_path):
+    """A unified model folder loads exactly as saved; a config.json missing a field names it instead of guessing."""
     data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
     torch.manual_seed(0)
     gen = ARGenerator(GeneratorConfig(variant="both", **TINY_GENERATOR), data.layout).eval()
-    save_model(gen, tmp_path / "old")
-    config = json.loads((tmp_path / "old" / "config.json").read_text())
-    del config["config"]["rotary"]  # as the first-round generators were saved
-    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
-    loaded = load_model(tmp_path / "old", kind="generator")
-    assert not loaded.cfg.rotary and loaded.angles() is None
+    save_model(gen, tmp_path / "m")
     stacks, classes = data.stacks(), data.labels[:, 0]
-    assert torch.equal(gen.loss(stacks, classes)[0], loaded.loss(stacks, classes)[0])
-    assert generator_training.GeneratorTrainConfig().model.rotary  # the trainer's recipe turns it on
+    assert torch.equal(gen.loss(stacks, classes)[0], load_model(tmp_path / "m", kind="generator").loss(stacks, classes)[0])
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["config"]["rotary"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"lacks the field\(s\) \['config.rotary'\]"):
+        load_model(tmp_path / "m", kind="generator")
 
 
 def test_rotary_scores_depend_only_on_the_grid_offset():
