@@ -3,8 +3,8 @@
     python -m dualtoken_lite --help                 # this table
     python -m dualtoken_lite evaluate --help        # one command's flags
 
-A command is a ``main(argv)`` somewhere in the chapters; this file only names it, imports it when asked (so the
-table prints without loading torch) and runs it: a user error (``settings.UserError``) prints one line on stderr
+A command is a ``main(argv)`` somewhere in the chapters; this file only names it, imports it when asked and
+runs it: a user error (``settings.UserError``) prints one line on stderr
 and exits 2. Training keeps its module form too: ``python -m dualtoken_lite.train`` and
 ``torchrun ... -m dualtoken_lite.train`` run the same ``train`` command.
 """

@@ -222,3 +222,37 @@ def test_star_import_of_every_package_works():
         code = f"from {name} import *"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0, f"{code}: {result.stderr.strip().splitlines()[-1]}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command table.
+
+
+def test_the_command_table_lists_every_command():
+    """``python -m dualtoken_lite --help`` prints one line per command."""
+    from dualtoken_lite.__main__ import COMMANDS
+
+    result = subprocess.run([sys.executable, "-m", "dualtoken_lite", "--help"], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert listed == list(COMMANDS)
+
+
+@pytest.mark.parametrize("name", __import__("dualtoken_lite.__main__").__main__.COMMANDS)
+def test_every_command_answers_help(name, capsys):
+    from dualtoken_lite.__main__ import run
+
+    try:
+        code = run([name, "--help"])
+    except SystemExit as stop:  # argparse ends --help with SystemExit(0)
+        code = stop.code
+    assert code in (0, None)
+    assert "usage" in capsys.readouterr().out.lower()
+
+
+def test_an_unknown_command_is_one_line_and_exit_2():
+    result = subprocess.run([sys.executable, "-m", "dualtoken_lite", "evaluat"], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert result.returncode == 2 and "unknown command 'evaluat'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -90,8 +90,8 @@ class LoopConfig:
 def parse_overrides(cfg, argv: list[str], usage: str):
     """Apply ``--name value`` pairs to a trainer config; loop fields may drop their ``loop.`` prefix."""
     if any(a in ("-h", "--help") for a in argv):
-        print(usage + "\n\nfields (--name value):\n" + "\n".join(f"  --{k} (default {v!r})"
-                                                              for k, v in flat_config(cfg).items()))
+        print(f"usage: {usage}\n\nfields (--name value):\n" + "\n".join(f"  --{k} (default {v!r})"
+                                                                 for k, v in flat_config(cfg).items()))
         sys.exit(0)
     loop_fields = {f.name for f in dataclasses.fields(LoopConfig)}
     i = 0
@@ -110,10 +110,12 @@ def parse_overrides(cfg, argv: list[str], usage: str):
     return cfg
 
 
-def run_command(cfg, run, argv: list[str] | None, module: str, usage: str) -> int:
+def run_command(cfg, run, argv: list[str] | None, name: str, description: str) -> int:
     """A trainer's ``main``: parse ``--name value`` overrides onto ``cfg`` and ``run`` it, recording the command."""
     argv = sys.argv[1:] if argv is None else argv
-    run(parse_overrides(cfg, argv, usage), command=f"python -m dualtoken_lite.{module} " + " ".join(argv))
+    command = f"python -m dualtoken_lite {name}"
+    run(parse_overrides(cfg, argv, f"{command} [--FIELD VALUE ...]\n\n{description}"),
+        command=f"{command} " + " ".join(argv))
     return 0
 
 
