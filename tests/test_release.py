@@ -123,7 +123,7 @@ def test_command_line_converts_and_reports(tmp_path):
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mapped" in result.stdout and (tmp_path / "m" / "model.safetensors").is_file()
-    bad = subprocess.run([*cmd[:3], str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")], cwd=ROOT,
+    bad = subprocess.run([*cmd[:4], str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no such release checkpoint" in bad.stderr
 
