@@ -1,14 +1,17 @@
-"""Plumbing shared by every config dataclass: the error types and dict round trips.
+"""Plumbing shared by every chapter: the user-error types, config dataclasses' dict round trips, atomic files.
 
-Configs are plain ``@dataclass``es (STYLE habit 5); ``to_dict`` / ``from_dict`` turn them into JSON and back,
+Configs are plain ``@dataclass``es; ``to_dict`` / ``from_dict`` turn them into JSON and back,
 checking field names and types so that a hand-edited ``config.json`` fails with a message naming the field.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 TRACEBACK_ENV = "DUALTOKEN_LITE_TRACEBACK"  # set to 1 to see the traceback of a user error too
@@ -75,6 +78,18 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
 _SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
+def missing_fields(cls: type, data: dict, where: str = "") -> list[str]:
+    """The fields of a (nested) config dataclass that ``data`` (a ``to_dict`` output) lacks, dotted."""
+    missing = []
+    for f in dataclasses.fields(cls):
+        name = f"{where}{f.name}"
+        if f.name not in data:
+            missing.append(name)
+        elif (sub := _dataclass_type(cls, f.name)) is not None and isinstance(data[f.name], dict):
+            missing += missing_fields(sub, data[f.name], f"{name}.")
+    return missing
+
+
 def check_type(value: Any, annotation: str, name: str) -> Any:
     """``value`` as the annotated type (``"int"``, ``"float | None"``, ``"tuple[int, ...]"``, ...), or ConfigError.
 
@@ -118,3 +133,41 @@ def require_finite(cfg: Any, where: str = "") -> None:
         values = value if isinstance(value, tuple) else (value,)
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise ConfigError(f"{name}={value} is not a finite number; give a finite value")
+
+
+
+def require_at_least(cfg: Any, names: tuple[str, ...], minimum: int, where: str = "", note: str = "") -> None:
+    """Each named field of ``cfg`` is >= ``minimum``, or ConfigError naming the field (``where.name``) and its value."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            raise ConfigError(f"{where}{name}={value} must be >= {minimum}{f' ({note})' if note else ''}")
+
+
+def require_fraction(cfg: Any, names: tuple[str, ...], where: str = "") -> None:
+    """Each named field of ``cfg`` lies in [0, 1), or ConfigError naming the field (``where.name``) and its value."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not 0 <= value < 1:
+            raise ConfigError(f"{where}{name}={value} must lie in [0, 1)")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write in the ``with`` block; renamed onto ``path`` (after an fsync) when
+    the block succeeds, removed when it fails: a reader never sees half a file, and a failed write leaves none."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

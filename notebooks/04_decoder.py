@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -47,10 +47,10 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.decoder import AttnBlock, resize_to_latent_grid
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.notebook_runtime import Figures, start
-from dualtoken_lite.presets import model_preset
 
 FULL = start(0)  # seeds torch (the random weights below), uses cores - 1 threads; one budget in this notebook
 figures = Figures("04_decoder")

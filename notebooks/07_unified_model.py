@@ -143,7 +143,7 @@ print("sum of the 8 pixel-slot embeddings = the quantized pixel vector; the same
 # pass answers all four questions; a mask lets each question token see the image and itself only, so this
 # equals four separate passes (tested in `tests/test_unified.py`). The readers differ in one thing: which codes
 # they sum (semantic slots 8..11, pixel slots 0..7, or all 12). Each trained 600 steps x batch 64 on the 16,384
-# cached training images, two seeds (`python -m dualtoken_lite.train_reader --model.variant V --loop.seed S`).
+# cached training images, two seeds (`python -m dualtoken_lite train_reader --model.variant V --loop.seed S`).
 #
 # The questions and what answering them needs:
 
@@ -202,7 +202,7 @@ plt.show()
 #   learned 64 times. At equal steps it lowered the held-out loss from 0.924 to 0.889 nats per code.
 # - The model was **undertrained**: twice the steps lowered the held-out loss from 0.924 to 0.837. So the trainer
 #   spends its 10 minutes on steps: bf16 autocast (the same loss as fp32, cheaper steps) on both cores, 3,200
-#   steps x batch 32 (`python -m dualtoken_lite.train_generator --model.variant V --loop.seed S`).
+#   steps x batch 32 (`python -m dualtoken_lite train_generator --model.variant V --loop.seed S`).
 # - The depth transformer learns from **every position**: trained on the stacks of all 64 positions (the exact
 #   loss) with one block, instead of two blocks on a random 32 of them, it reached a held-out loss of 0.831
 #   instead of 0.860 in the same time.
@@ -261,7 +261,7 @@ for name, what in (("reconstructions_depth1", "from pixel depth 1, what the gene
 # %% [markdown]
 # ## 6. The paper's claim at tiny scale
 #
-# The table from `data/unified/results.json` (`python -m dualtoken_lite.unified_results`): reader accuracy on
+# The table from `data/unified/results.json` (`python -m dualtoken_lite unified_results`): reader accuracy on
 # 1,024 held-out images for seeds 0 and 1, and generation over 1,024 samples each with the ceiling beside them.
 # The paper: dual tokens beat a single token type on understanding and on generation.
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from dualtoken_lite.model.config import ModelConfig
+from dualtoken_lite.model.config import ModelConfig, model_preset
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.presets import model_preset
 from dualtoken_lite.quantizers.residual import QuantizerConfig
 
 V = "siglip_model.vision_model."

@@ -18,9 +18,8 @@ from dualtoken_lite.model.backbone import (
     tapped_forward,
     teacher_targets,
 )
-from dualtoken_lite.model.config import BackboneConfig
+from dualtoken_lite.model.config import BackboneConfig, model_preset
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.presets import model_preset
 from dualtoken_lite.settings import ConfigError
 
 SMALL_ARCH = "dualtoken-test-siglip-small"  # a small SigLIP-layout open_clip model registered for these tests

@@ -17,6 +17,7 @@ import pytest
 import torch
 from release_layout import load_by_hand, random_release_state, release_shapes, small_cfg
 
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.release import (
     ReleaseFormatError,
@@ -25,7 +26,6 @@ from dualtoken_lite.model.release import (
     read_release_checkpoint,
     release_model_config,
 )
-from dualtoken_lite.presets import model_preset
 from dualtoken_lite.tools.convert import REPORT_JSON, REPORT_MD, convert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,12 +118,12 @@ def test_unknown_keys_and_unsafe_pickles_are_refused(tmp_path):
 def test_command_line_converts_and_reports(tmp_path):
     state = random_release_state(small_cfg(32), seed=1)
     torch.save(state, tmp_path / "release.pt")
-    cmd = [sys.executable, "-m", "dualtoken_lite.convert", str(tmp_path / "release.pt"), "--out", str(tmp_path / "m"),
+    cmd = [sys.executable, "-m", "dualtoken_lite", "convert", str(tmp_path / "release.pt"), "--out", str(tmp_path / "m"),
            "--model", "tiny"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mapped" in result.stdout and (tmp_path / "m" / "model.safetensors").is_file()
-    bad = subprocess.run([*cmd[:3], str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")], cwd=ROOT,
+    bad = subprocess.run([*cmd[:4], str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no such release checkpoint" in bad.stderr
 

@@ -64,7 +64,7 @@ def test_release_flags_map_to_our_settings():
 @pytest.mark.parametrize("flag, value, ours", [
     ("--precision", "fp16", "--precision amp_bf16"), ("--precision", "pure_bf16", "--bf16 true"),
     ("--lr-scheduler", "const-cooldown", "--min_lr_ratio"), ("--report-to", "wandb", "--report-to tensorboard"),
-    ("--imagenet-val", "/data/imagenet/val", "python -m dualtoken_lite.evaluate RUN --data IMAGENET_VAL --zero-shot"),
+    ("--imagenet-val", "/data/imagenet/val", "python -m dualtoken_lite evaluate RUN --data IMAGENET_VAL --zero-shot"),
 ])
 def test_release_flags_we_do_not_have_are_refused_naming_ours(flag, value, ours):
     with pytest.raises(ConfigError, match=f"{flag} {value}: .*{ours}"):
@@ -83,7 +83,7 @@ def test_grad_clip_norm_bounds_the_gradient_the_optimizer_sees(train_shard, tmp_
         cfg = parse_args([*FAST, "--train-data", train_shard, "--out", str(tmp_path), "--deterministic", "true",
                           *(["--grad-clip-norm", clip] if clip else [])])
         tr = build_trainer(cfg, dist_utils.setup("cpu"))
-        tr.generator_micro_step(tr.model, next(tr.batches()), scale=1.0)
+        tr.tokenizer_micro_step(tr.model, next(tr.batches()), scale=1.0)
         adamw_step = tr.optimizer.step
 
         def step_seeing_the_gradient(tr=tr, adamw_step=adamw_step):

@@ -15,9 +15,9 @@ import torch
 import webdataset as wds
 from safetensors.torch import load_file, save_file
 
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.pretrained import CheckpointError
-from dualtoken_lite.presets import model_preset
 from dualtoken_lite.settings import ConfigError, UserError, run_cli
 from dualtoken_lite.tinyworld.drawing import make_sample
 from dualtoken_lite.tinyworld.shards import encode_png
@@ -39,11 +39,12 @@ def shard(path: Path, good: int, bad: int = 0, split: str = "train") -> str:
     return str(path)
 
 
-def cli(*args: str, module: str = "dualtoken_lite.train", timeout: int = 240) -> subprocess.CompletedProcess:
+def cli(*args: str, command: str = "train", timeout: int = 240) -> subprocess.CompletedProcess:
+    """``python -m dualtoken_lite COMMAND ARGS`` in a fresh process, one thread, offline."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("DUALTOKEN_LITE_TRACEBACK", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "dualtoken_lite", command, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -215,7 +216,7 @@ def test_tokens_decode_refuses_what_it_would_lose_or_invent(model_dir, tmp_path,
     else:
         pixel = pixel > 3
     path = codes_file(tmp_path / "codes.safetensors", pixel, names)
-    result = cli("decode", str(model_dir), path, "--out", str(tmp_path / "out"), module="dualtoken_lite.tokens")
+    result = cli("decode", str(model_dir), path, "--out", str(tmp_path / "out"), command="tokens")
     fragments = {"short_names": ["1 names for 2 code maps"], "float": ["torch.float32"], "bool": ["torch.bool"]}
     user_error(result, *fragments[kind])
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
@@ -227,7 +228,7 @@ def test_tokens_shard_without_its_json_member_is_named(model_dir, tmp_path):
         buffer = __import__("io").BytesIO()
         np.save(buffer, np.zeros((8, 8, 8), dtype=np.int32))
         sink.write({"__key__": "00000000", "pixel.npy": buffer.getvalue()})
-    result = cli("decode", str(model_dir), str(path), "--out", str(tmp_path / "out"), module="dualtoken_lite.tokens")
+    result = cli("decode", str(model_dir), str(path), "--out", str(tmp_path / "out"), command="tokens")
     user_error(result, "no json member")
 
 

@@ -9,8 +9,9 @@ import torch
 from dualtoken_lite.losses import terms as L
 from dualtoken_lite.losses.gan import PatchDiscriminator
 from dualtoken_lite.losses.stages import STAGES, apply_stage, frozen_block_count, get_stage, stage_train_mode
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.presets import loss_preset, model_preset
+from dualtoken_lite.training.presets import loss_preset
 
 PIXEL_PARTS = ("pixel_proj.", "shortcut_proj.", "pixel_post_proj.", "post_quant_block.", "decoder.", "pixel_quantizer.")
 
@@ -88,7 +89,7 @@ def test_one_training_step_runs_in_every_stage(stage):
     codebooks = {n: b.clone() for n, b in model.named_buffers() if n.endswith(".embed")}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     targets = L.targets_from_teacher(teacher, images, model.cfg.semantic_layer)
-    total, logs = L.generator_loss(model(images), images, cfg, teacher=targets, discriminator=disc,
+    total, logs = L.tokenizer_loss(model(images), images, cfg, teacher=targets, discriminator=disc,
                                    last_layer=model.decoder.conv_out.weight, stage=stage, gan_weight=0.75)
     total.backward()
     opt.step()

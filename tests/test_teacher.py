@@ -72,7 +72,7 @@ def test_save_load_round_trip_and_strict_keys(tmp_path):
 
 
 def test_missing_teacher_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m dualtoken_lite.teacher"):
+    with pytest.raises(FileNotFoundError, match="python -m dualtoken_lite teacher"):
         T.load_teacher(str(tmp_path))
 
 

@@ -107,7 +107,7 @@ def test_each_stage_trains_only_what_it_declares(shards, tmp_path, stage):
     tr = build_trainer(cfg, world)
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     frozen = {n for n, p in tr.model.named_parameters() if not p.requires_grad}
-    tr.generator_micro_step(tr.model, next(tr.batches()), scale=1.0)
+    tr.tokenizer_micro_step(tr.model, next(tr.batches()), scale=1.0)
     tr.optimizer_step()
     for name, p in tr.model.named_parameters():
         moved = not torch.equal(before[name], p.detach())
@@ -178,19 +178,19 @@ def test_two_processes_train_in_step(shards, tmp_path):
     assert summary["ranks_identical"] is True  # every parameter and codebook buffer equal on both ranks
 
 
-def test_config_json_written_before_the_typed_loss_still_loads(tmp_path):
-    """Run folders from before LossConfig was typed stored only the loss overrides: they load onto the preset."""
-    from dualtoken_lite.presets import loss_preset
+def test_config_json_round_trips_and_an_incomplete_one_is_refused(tmp_path):
+    """A run folder's config.json loads back into the TrainConfig that wrote it; one lacking fields is refused."""
+    from dualtoken_lite.settings import atomic_write_text, to_dict
     from dualtoken_lite.training.arguments import load_run_config
 
-    cfg = parse_args(["--out", str(tmp_path), "--max_steps", "7"])
-    old = {**json.loads(json.dumps(__import__("dataclasses").asdict(cfg))), "loss": {"sem_weight": 2}}
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    loaded = load_run_config(tmp_path)
-    assert loaded.max_steps == 7 and loaded.loss == loss_preset("tiny", {"sem_weight": 2.0})
-    assert isinstance(loaded.loss.sem_weight, float)
-    new = parse_args(["--out", str(tmp_path), "--loss.sem_weight", "2", "--max_steps", "7"])
-    assert loaded == new  # the same run, whichever format wrote it
+    cfg = parse_args(["--out", str(tmp_path), "--max_steps", "7", "--loss.sem_weight", "2", "--model.pixel_layer", "1"])
+    atomic_write_text(tmp_path / "config.json", json.dumps(to_dict(cfg)))
+    assert load_run_config(tmp_path) == cfg
+    partial = to_dict(cfg)
+    del partial["loss"]["sem_weight"], partial["max_steps"]
+    (tmp_path / "config.json").write_text(json.dumps(partial))
+    with pytest.raises(ConfigError, match=r"lacks the field\(s\) \['max_steps', 'loss.sem_weight'\]"):
+        load_run_config(tmp_path)
 
 
 def _lever_run(shards, out, lever: str, on: bool, steps: int) -> tuple[dict, dict]:
@@ -201,7 +201,7 @@ def _lever_run(shards, out, lever: str, on: bool, steps: int) -> tuple[dict, dic
     tr = build_trainer(cfg, dist_utils.setup("cpu"))
     batch = next(tr.batches())
     for _ in range(steps):
-        tr.generator_micro_step(tr.model, batch, scale=1.0)
+        tr.tokenizer_micro_step(tr.model, batch, scale=1.0)
         grads = {n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None}
         tr.optimizer_step()
         tr.model.update_codebooks()

@@ -1,9 +1,9 @@
 """Where samples come from: WebDataset shards and image folders, resolved into an index of sample references.
 
 A *source* is one of
-    "data/train-{0000..0009}.tar"     a brace pattern of WebDataset tar shards (``::`` joins several patterns)
-    "data/one.tar" or a list of these  explicit shards
-    "data/images/"                    a folder of images, searched recursively; first-level subfolders can be
+    "shards/train-{0000..0009}.tar"   a brace pattern of WebDataset tar shards (``::`` joins several patterns)
+    "shards/one.tar" or a list        explicit shards
+    "photos/"                         a folder of images, searched recursively; first-level subfolders can be
                                       class labels (sorted names -> 0, 1, ...), as torchvision's ImageFolder
 A source is split into *units*: one unit per shard, or one per image file in a folder.
 
@@ -81,7 +81,7 @@ def resolve_source(source: str | os.PathLike | list | tuple) -> Source:
         return Source("shards", expand_shards(text), text)
     if os.path.exists(text):
         raise DataSourceError(f"data source {text!r} is neither a folder nor a .tar shard; pass a folder of images, "
-                         "a .tar shard, or a brace pattern like 'data/train-{0000..0009}.tar'")
+                         "a .tar shard, or a brace pattern like 'shards/train-{0000..0009}.tar'")
     raise MissingFile(f"data source {text!r} does not exist; pass an existing folder, .tar shard or "
                             "brace pattern of shards")
 

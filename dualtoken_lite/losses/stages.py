@@ -121,7 +121,7 @@ class StageSummary:
 def apply_stage(model: nn.Module, stage: int | StageSpec) -> StageSummary:
     """Set ``requires_grad`` on every model parameter as the stage declares; return what was done.
 
-    The frozen teacher is a separate module (``losses.make_teacher``); it is never part of ``model``.
+    The frozen teacher is a separate module (``training.setup.build_teacher``); it is never part of ``model``.
     """
     spec = get_stage(stage)
     trunk = model.encoder.trunk

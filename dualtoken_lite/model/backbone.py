@@ -37,7 +37,7 @@ TRUNK_PREFIXES = ("", "trunk.", "visual.trunk.", "module.visual.trunk.", "encode
 # File names looked up inside a weights folder (open_clip / HF hub layouts, and our own checkpoints).
 WEIGHT_FILES = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin",
-    "teacher.safetensors",  # the tiny world's teacher (dualtoken_lite.teacher): its trunk.* tensors
+    "teacher.safetensors",  # the tiny world's teacher (`python -m dualtoken_lite teacher`): its trunk.* tensors
 )
 
 
@@ -181,10 +181,10 @@ def check_images(images: Tensor, image_size: int) -> None:
                          f"got {type(images).__name__} {getattr(images, 'dtype', '')}")
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape (B, 3, h, w) with 3 RGB channels, got {tuple(images.shape)}; "
-                         "convert grey/RGBA images to RGB first (dualtoken_lite.images)")
+                         "convert grey/RGBA images to RGB first (dualtoken_lite.datasets.images.preprocess does)")
     if tuple(images.shape[-2:]) != (image_size, image_size):
         raise ValueError(f"images are {tuple(images.shape[-2:])} pixels but this model takes "
-                         f"{image_size}x{image_size}; resize and center-crop them first (dualtoken_lite.images)")
+                         f"{image_size}x{image_size}; resize and center-crop them first (dualtoken_lite.datasets.images.preprocess)")
 
 
 class VisionTower(nn.Module):

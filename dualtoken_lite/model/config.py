@@ -2,8 +2,9 @@
 
 Every knob of the model lives here, with a comment saying what it means and what the paper uses
 (docs/method.md §2). A config is validated by ``validate()`` before any weights are built or any data is read.
-The field defaults are the ``tiny`` preset; every named preset (``tiny``, ``so400m-384``, ``so400m-256``) is in
-``dualtoken_lite.presets``.
+The field defaults are a small tokenizer; the named model sizes (``tiny``, the paper's ``so400m-384``, ...) are the
+table ``MODEL_PRESETS`` at the end of this file, and a whole run (model, losses, training) per name is
+``training/presets.py``.
 
 Notation used for shapes everywhere in the project:
     B batch, H x W token grid, N = H * W tokens, C backbone width, d code dim, D residual depth,
@@ -12,10 +13,11 @@ Notation used for shapes everywhere in the project:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from dualtoken_lite.quantizers.residual import QuantizerConfig, validate_quantizer
-from dualtoken_lite.settings import ConfigError, require_finite
+from dualtoken_lite.settings import ConfigError, require_at_least, require_finite
 
 RANDOM_WEIGHTS = "random"  # backbone.pretrained value that asks for a randomly initialised tower on purpose
 
@@ -73,9 +75,7 @@ def validate(cfg: ModelConfig) -> ModelConfig:
     """Check a model config before anything is built; raise ConfigError naming the value and the fix."""
     require_finite(cfg)
     b = cfg.backbone
-    for name in ("image_size", "patch_size", "width", "layers", "heads"):
-        if getattr(b, name) < 1:
-            raise ConfigError(f"backbone.{name}={getattr(b, name)} must be >= 1")
+    require_at_least(b, ("image_size", "patch_size", "width", "layers", "heads"), 1, where="backbone.")
     if b.mlp_ratio <= 0 or cfg.proj_head_dim < 1 or cfg.decoder_channels < 1 or cfg.decoder_in_channels < 1:
         raise ConfigError(f"backbone.mlp_ratio={b.mlp_ratio}, proj_head_dim={cfg.proj_head_dim}, decoder_channels="
                           f"{cfg.decoder_channels} and decoder_in_channels={cfg.decoder_in_channels} must be > 0")
@@ -148,3 +148,65 @@ def validate(cfg: ModelConfig) -> ModelConfig:
             "change decoder_latent_grid or the number of decoder_channel_mult levels"
         )
     return cfg
+
+
+def so400m_model(image_size: int, patch_size: int, arch: str, depth: int, pretrained: str | None = None
+                 ) -> ModelConfig:
+    """The paper-scale tokenizer (docs/method.md §2) at a given resolution and residual depth."""
+    grid = image_size // patch_size
+    return ModelConfig(
+        backbone=BackboneConfig(
+            arch=arch,
+            pretrained=pretrained,
+            image_size=image_size,
+            patch_size=patch_size,
+            width=1152,
+            layers=27,
+            heads=16,
+            mlp_ratio=4304 / 1152,
+            grad_checkpointing=True,
+        ),
+        pixel_layer=6,
+        shortcut_layer=4,
+        shortcut_weight=0.6,
+        semantic_layer=26,
+        pixel_quantizer=QuantizerConfig(code_dim=32, depth=depth, codebook_size=16384),
+        semantic_quantizer=QuantizerConfig(code_dim=32, depth=depth, codebook_size=16384),
+        proj_head_dim=32,
+        decoder_latent_grid=(grid // 8) * 8 if grid % 8 else grid,  # 27 -> 24 (resize 27x27 -> 24x24)
+        decoder_channels=128,
+        decoder_channel_mult=(8, 4, 4, 1, 1),
+        decoder_res_blocks=2,
+        decoder_in_channels=1024,
+    )
+
+
+# The named model sizes. Training presets of the same names (training/presets.py) add the losses and the recipe.
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # 64 px, patch 8 -> 8 x 8 grid, a few million parameters: the main job on a laptop CPU (the tiny world).
+    "tiny": ModelConfig(
+        # The pixel codebook reads the patch embedding (tap 0), not block 2 + 0.6 x block 1: the tiny teacher
+        # learned to ignore colour (its shapes come in random colours), so its blocks pass too little colour
+        # to learn from, and reconstructions came out grey; its patch embedding still carries it all
+        # (docs/tiny_recipe.md). The paper's SigLIP keeps colour at block 6.
+        pixel_layer=0,
+        shortcut_layer=None,
+        # 8 GroupNorm groups: the paper's 32 groups on tiny's 32-channel decoder levels are an instance norm
+        # that erases every channel's per-image mean, i.e. the image's colour (docs/tiny_recipe.md).
+        decoder_norm_groups=8,
+    ),
+    # The paper's model: SigLIP So400m/14 at 384 px, 27 x 27 grid, RVQ depth 8, K = 16,384.
+    "so400m-384": so400m_model(384, 14, "ViT-SO400M-14-SigLIP-384", depth=8),
+    # The same model on the released code's tower (docs/method.md §2): SigLIP2 weights from transformers.
+    "so400m-384-siglip2": so400m_model(384, 14, "ViT-SO400M-14-SigLIP-384", depth=8,
+                                       pretrained="hf:google/siglip2-so400m-patch14-384"),
+    # The 256 px variant: SigLIP2 So400m/16 at 256 px, 16 x 16 grid, RVQ depth 4.
+    "so400m-256": so400m_model(256, 16, "ViT-SO400M-16-SigLIP2-256", depth=4),
+}
+
+
+def model_preset(name: str) -> ModelConfig:
+    """A fresh copy of a named model size (changing it never changes the table)."""
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return copy.deepcopy(MODEL_PRESETS[name])

@@ -146,13 +146,16 @@ class DualToken(nn.Module):
         )
 
     # ----------------------------------------------------------------------------------------- codes API
-    def check_codes(self, codes: Tensor, quantizer: ResidualQuantizer, name: str) -> None:
-        """Raise ValueError unless codes is (B, H, W, D) for this model's grid and quantizer depth."""
+    def check_codes(self, codes: Tensor, quantizer: ResidualQuantizer, name: str, depths: int | None = None) -> None:
+        """Raise ValueError unless codes is (B, H, W, D) for this model's grid and quantizer depth (or, with
+        ``depths``, just the first ``depths`` of them: (B, H, W, depths))."""
         want = (self.grid, self.grid, quantizer.depth)
-        if not torch.is_tensor(codes) or codes.dim() != 4 or tuple(codes.shape[1:]) != want:
+        allowed = {quantizer.depth, depths or quantizer.depth}
+        if not torch.is_tensor(codes) or codes.dim() != 4 or tuple(codes.shape[1:3]) != want[:2] or \
+                codes.shape[3] not in allowed:
             got = tuple(codes.shape) if torch.is_tensor(codes) else type(codes).__name__
             raise ValueError(f"{name} must have shape (B, {want[0]}, {want[1]}, {want[2]}), got {got}")
-        quantizer.check_codes(codes)  # integer dtype, values in [0, K)
+        quantizer.check_codes(codes, allowed_depths=tuple(allowed))  # integer dtype, values in [0, K)
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """images (B, 3, h, w) -> (pixel_codes (B, H, W, D), semantic_codes (B, H, W, D) or None).
@@ -162,10 +165,11 @@ class DualToken(nn.Module):
         enc = self.forward_encoder(images, pool=False)
         return enc["pixel"].codes, enc["semantic"].codes if enc["semantic"] is not None else None
 
-    def decode(self, pixel_codes: Tensor) -> Tensor:
-        """pixel_codes (B, H, W, D) -> images (B, 3, h, w), [-1, 1] scale."""
-        self.check_codes(pixel_codes, self.pixel_quantizer, "pixel_codes")
-        return self.decode_quantized(self.pixel_quantizer.decode(pixel_codes))
+    def decode(self, pixel_codes: Tensor, depths: int | None = None) -> Tensor:
+        """pixel_codes (B, H, W, D) -> images (B, 3, h, w), [-1, 1] scale. ``depths=d`` decodes from the first d
+        depths only (a coarser image; the codes may then be just those, (B, H, W, d))."""
+        self.check_codes(pixel_codes, self.pixel_quantizer, "pixel_codes", depths)
+        return self.decode_quantized(self.pixel_quantizer.decode(pixel_codes, depths))
 
     def embed(self, images: Tensor) -> Tensor:
         """images (B, 3, h, w) -> pooled embedding (B, E) through the quantized semantic path."""

@@ -42,9 +42,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dualtoken_lite.model.config import ModelConfig
+from dualtoken_lite.model.config import MODEL_PRESETS, ModelConfig, model_preset
 from dualtoken_lite.model.hf_siglip import KeyMap, hf_to_timm
-from dualtoken_lite.presets import PRESETS, model_preset
 from dualtoken_lite.settings import ConfigError
 
 TOWER_PREFIX = "siglip_model.vision_model."
@@ -116,9 +115,9 @@ def release_model_config(state: dict[str, Tensor], model_name: str | None = None
     grid = int(round(pos.shape[0] ** 0.5))
     if model_name is not None:  # a released config name, or one of our presets (e.g. "tiny" for small tests)
         key = re.sub(r"_\d+d$", "", model_name)
-        if key not in RELEASE_MODELS and model_name not in PRESETS:
+        if key not in RELEASE_MODELS and model_name not in MODEL_PRESETS:
             raise ConfigError(f"--model {model_name!r}: not a released config ({sorted(RELEASE_MODELS)}) "
-                              f"nor a preset ({sorted(PRESETS)})")
+                              f"nor a preset ({sorted(MODEL_PRESETS)})")
         name = RELEASE_MODELS.get(key, model_name)
     elif grid in GRID_PRESETS:
         name = GRID_PRESETS[grid]

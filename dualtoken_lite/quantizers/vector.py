@@ -72,19 +72,12 @@ class VQOutput:
 class VectorQuantizer(nn.Module):
     """One codebook, nearest-code lookup, straight-through output, EMA updates via ``update_codebook()``."""
 
-    def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        dead_code_threshold: float = 1.0,
-        cosine: bool = False,
-        chunk_size: int = 256,
-    ):
+    def __init__(self, dim: int, codebook_size: int, **codebook_options):
+        """``codebook_options``: how the codebook looks up and moves (``Codebook``'s arguments: decay, eps,
+        dead_code_threshold, cosine, chunk_size)."""
         super().__init__()
         self.dim = dim
-        self.codebook = Codebook(codebook_size, dim, decay, eps, dead_code_threshold, cosine, chunk_size)
+        self.codebook = Codebook(codebook_size, dim, **codebook_options)
 
     def forward(self, z: Tensor) -> VQOutput:
         """z (..., d) -> VQOutput; in training mode the step's EMA statistics are accumulated."""

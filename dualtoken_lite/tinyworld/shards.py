@@ -4,7 +4,7 @@
     images, labels = load_split(paths["eval"])    # (B, h, w, 3) uint8, (B,) int64
     resolve_data("tinyworld-eval")                # a data argument: the tiny world's names -> shard paths
 
-Command line: ``python -m dualtoken_lite.tinyworld --out data/tinyworld`` writes the shards.
+Command line: ``python -m dualtoken_lite tinyworld --out data/tinyworld`` writes the shards.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from dualtoken_lite.datasets.sources import read_shard
+from dualtoken_lite.settings import atomic_path
 from dualtoken_lite.tinyworld.drawing import SPLITS, TinyWorldConfig, make_sample, split_id
 from dualtoken_lite.tinyworld.paths import SOURCE_NAMES, TINYWORLD_ROOT
 
@@ -61,8 +62,8 @@ def write_shards(root: str | os.PathLike, split: str, count: int, shard_size: in
 
 def write_one_shard(path: str, split: str, indices: range, cfg: TinyWorldConfig | None = None) -> None:
     """Samples ``indices`` of a split into the shard ``path``, written to a temporary name and renamed into place."""
-    tmp = f"{path}.partial-{os.getpid()}"
-    with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for i in indices:
             image, meta = make_sample(i, split, cfg)
             key = f"{split}-{i:07d}"
@@ -70,7 +71,6 @@ def write_one_shard(path: str, split: str, indices: range, cfg: TinyWorldConfig 
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size, info.mtime, info.mode = len(payload), 0, 0o444
                 tar.addfile(info, io.BytesIO(payload))
-    os.replace(tmp, path)
 
 
 def write_split_shard(folder: str | os.PathLike, split: str, count: int) -> str:
@@ -130,7 +130,7 @@ def resolve_data(source: str | list, is_main: bool = True, barrier: Callable[[],
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite tinyworld", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(TINYWORLD_ROOT), help="folder of the shards")
     parser.add_argument("--splits", nargs="+", default=["train", "eval"], choices=sorted(SPLITS))
     parser.add_argument("--train-count", type=int, default=DEFAULT_COUNTS["train"])

@@ -1,8 +1,8 @@
-"""Convert a released DualToken checkpoint to a model folder: ``python -m dualtoken_lite.convert``.
+"""Convert a released DualToken checkpoint to a model folder: ``python -m dualtoken_lite convert``.
 
-    python -m dualtoken_lite.convert dualtoken_siglip_384.pt --out models/dualtoken-384
-    python -m dualtoken_lite.convert ckpt.pt --out DIR --model model_config_siglip_256_rvq4   # name the config
-    python -m dualtoken_lite.reconstruct models/dualtoken-384 cat.jpg --out recon/              # then use it
+    python -m dualtoken_lite convert dualtoken_siglip_384.pt --out models/dualtoken-384
+    python -m dualtoken_lite convert ckpt.pt --out DIR --model model_config_siglip_256_rvq4   # name the config
+    python -m dualtoken_lite reconstruct models/dualtoken-384 cat.jpg --out recon/              # then use it
 
 The folder is what every other command takes (``config.json`` + ``model.safetensors``, loaded strictly by
 ``DualToken.from_pretrained``), plus ``conversion_report.json`` and ``conversion_report.md``: every source key and
@@ -75,7 +75,7 @@ def convert(source: str | Path, out: str | Path, model_name: str | None = None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite convert", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="the release checkpoint (.pt / .bin torch file, or .safetensors)")
     parser.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, reports)")
     parser.add_argument("--model", default=None, help=f"release config name: {sorted(RELEASE_MODELS)}")

@@ -1,8 +1,8 @@
-"""Evaluate a tokenizer from the command line: ``python -m dualtoken_lite.evaluate CKPT --data SRC`` (docs/method.md §6).
+"""Evaluate a tokenizer from the command line: ``python -m dualtoken_lite evaluate CKPT --data SRC`` (docs/method.md §6).
 
-    python -m dualtoken_lite.evaluate runs/tiny --data tinyworld-eval                 # RUN/model, or its last step
-    python -m dualtoken_lite.evaluate runs/tiny/model --data photos/ --max-images 500 --lpips --fid --json e.json
-    python -m dualtoken_lite.evaluate runs/so400m --data 'imagenet-val-{0000..0063}.tar' --zero-shot --lpips --fid
+    python -m dualtoken_lite evaluate runs/tiny --data tinyworld-eval                 # RUN/model, or its last step
+    python -m dualtoken_lite evaluate runs/tiny/model --data photos/ --max-images 500 --lpips --fid --json e.json
+    python -m dualtoken_lite evaluate runs/so400m --data 'imagenet-val-{0000..0063}.tar' --zero-shot --lpips --fid
 
 Everything is measured through the codes, as a language model sees the tokenizer (``evaluation.loop``):
 
@@ -85,7 +85,7 @@ def semantic_head(model, args, device) -> tuple[nn.Module | None, nn.Module | No
 
 def main(argv: list[str] | None = None, fid_feature: nn.Module | None = None) -> int:
     """The command line; ``fid_feature`` replaces Inception-v3 for rFID (tests use a small stand-in network)."""
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="model folder (save_pretrained) or training run folder")
     parser.add_argument("--data", required=True, help="folder, .tar shard(s), brace pattern, or tinyworld-eval")
     parser.add_argument("--max-images", type=int, default=None, help="stop after this many images")

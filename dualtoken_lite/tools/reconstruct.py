@@ -1,6 +1,6 @@
-"""Reconstruct images through the tokenizer and show their token maps: ``python -m dualtoken_lite.reconstruct``.
+"""Reconstruct images through the tokenizer and show their token maps: ``python -m dualtoken_lite reconstruct``.
 
-    python -m dualtoken_lite.reconstruct runs/tiny cat.jpg logo.png photos/ --out recon/ --upscale 4
+    python -m dualtoken_lite reconstruct runs/tiny cat.jpg logo.png photos/ --out recon/ --upscale 4
 
 For each input image NAME (any PIL mode and size: resized and center-cropped as in docs/method.md §5's eval transform):
 
@@ -97,7 +97,7 @@ def write_outputs(out: Path, stem: str, x: Tensor, x_hat: Tensor, pixel: Tensor,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.reconstruct", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite reconstruct", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="model folder (save_pretrained) or training run folder")
     parser.add_argument("inputs", nargs="+", help="image files (any mode and size), folders or .tar shards")
     parser.add_argument("--out", required=True, help="output folder")

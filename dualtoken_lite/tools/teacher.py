@@ -2,7 +2,7 @@
 
 The teacher (the model and how it loads: ``tinyworld/teacher.py``) is the tiny preset's trunk plus a class head,
 trained from scratch on the tiny world's procedural shapes. Why it learns in minutes where a plain run stalled near
-chance: mostly the data (the shape is always the light figure on a darker ground, ``tinyworld.light_figure``);
+chance: mostly the data (the shape is always the light figure on a darker ground, ``tinyworld.drawing.light_figure``);
 then the recipe: a pool of drawn samples, each seen under a random flip/rotation by 90 degrees (the classes are
 symmetric under them), batch 64, AdamW with a linear warmup and a cosine decay, label smoothing, gradient
 clipping, and bfloat16 autocast on the CPU. Shipped result: 98.3 % held-out (raw-pixel linear probe: 31.5 %)
@@ -52,9 +52,9 @@ class TeacherConfig:
     eval_every: int = 200  # steps between held-out accuracy checks on the eval shard (logged, never selected on)
 
 
-def dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def dihedral(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """A random one of the 8 flips/90-degree rotations per image (every shape class is symmetric under them)."""
-    k = torch.randint(0, 8, (images.shape[0],), generator=generator)
+    k = torch.randint(0, 8, (images.shape[0],), generator=rng)
     out = images.clone()
     for code in range(8):
         sel = k == code
@@ -154,7 +154,7 @@ def save_teacher(model: Teacher, card: dict, folder: str | os.PathLike = TEACHER
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the tiny world's teacher and ship its weights.")
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite teacher", description="Train the tiny world's teacher and ship its weights.")
     for name, value in asdict(TeacherConfig()).items():
         if not isinstance(value, tuple):
             kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)

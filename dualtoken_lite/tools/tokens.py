@@ -1,7 +1,7 @@
 """Images <-> DualToken codes from the command line, in files a language-model pipeline reads.
 
-    python -m dualtoken_lite.tokens encode runs/tiny photos/ a.jpg 'shards/val-{0000..0003}.tar' --out codes.safetensors
-    python -m dualtoken_lite.tokens decode runs/tiny codes.safetensors --out recon/     # NAME.png per image
+    python -m dualtoken_lite tokens encode runs/tiny photos/ a.jpg 'shards/val-{0000..0003}.tar' --out codes.safetensors
+    python -m dualtoken_lite tokens decode runs/tiny codes.safetensors --out recon/     # NAME.png per image
 
 The token layout (which id means which code of which position) is ``model/token_layout.py``.
 
@@ -123,7 +123,7 @@ def load_codes(path: str | Path, layout: TokenLayout) -> tuple[list[str], Tensor
         with safe_open(text, framework="pt") as f:
             meta, keys = f.metadata() or {}, set(f.keys())
             if "pixel_codes" not in keys:
-                raise CodesFileError(f"{text} holds no pixel_codes: was it written by `dualtoken_lite.tokens encode`?")
+                raise CodesFileError(f"{text} holds no pixel_codes: was it written by `python -m dualtoken_lite tokens encode`?")
             stored = json.loads(meta.get("layout", "null"))
             if stored is not None and not same_codes(TokenLayout(**stored), layout):
                 raise CodesFileError(f"{text} was written with layout {stored}, but the checkpoint has {asdict(layout)}; "
@@ -147,7 +147,7 @@ def load_codes(path: str | Path, layout: TokenLayout) -> tuple[list[str], Tensor
     if text.endswith(".tar") or "{" in text:
         return _read_shards(text, layout)
     raise CodesFileError(f"{text!r}: expected a .safetensors, .npy or .tar file written by "
-                         "`dualtoken_lite.tokens encode`")
+                         "`python -m dualtoken_lite tokens encode`")
 
 
 class CodesFileError(UserError, ValueError):
@@ -194,7 +194,7 @@ def decode_codes(model, pixel: Tensor, batch_size: int = 32) -> Tensor:
 
 # ------------------------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.tokens", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite tokens", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     enc = sub.add_parser("encode", help="images, folders or shards -> codes file")
     enc.add_argument("checkpoint", help="model folder (save_pretrained) or training run folder")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from dualtoken_lite.model.pretrained import WEIGHTS_NAME, CheckpointError, check_state_dict, read_weights
-from dualtoken_lite.settings import MissingFile
+from dualtoken_lite.settings import MissingFile, atomic_write_text
 
 STATE_FORMAT_VERSION = 1
 STATE_FILE = "training_state.pt"
@@ -42,7 +42,7 @@ def step_dir_name(step: int) -> str:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Every random generator a training step touches, as weights_only-loadable values."""
+    """Every RNG a training step touches, as weights_only-loadable values."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -71,14 +71,6 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(

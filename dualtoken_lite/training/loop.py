@@ -27,16 +27,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from dualtoken_lite.datasets.images import save_image
 from dualtoken_lite.datasets.loader import DataError
-from dualtoken_lite.settings import to_dict
+from dualtoken_lite.settings import atomic_write_text, to_dict
 from dualtoken_lite.training import distributed as dist_utils
 from dualtoken_lite.training.arguments import parse_command_line
-from dualtoken_lite.training.checkpoints import atomic_write_text, save_checkpoint
+from dualtoken_lite.training.checkpoints import save_checkpoint
 from dualtoken_lite.training.config import TrainConfig
 from dualtoken_lite.training.logs import (
     MetricsLogger,
     reconstruction_grid,
-    save_grid,
     truncate_metrics,
     write_summary,
 )
@@ -147,7 +147,7 @@ def run(cfg: TrainConfig, hooks: RunHooks | None = None, given: set[str] | None 
         for i, batch in enumerate(micro):
             sync = contextlib.nullcontext() if (i == len(micro) - 1 or not world.distributed) else model.no_sync()
             with sync:
-                terms, last = tr.generator_micro_step(model, batch, scale=1.0 / cfg.grad_accum)
+                terms, last = tr.tokenizer_micro_step(model, batch, scale=1.0 / cfg.grad_accum)
             for k, v in terms.items():
                 losses[k] = losses.get(k, 0.0) + v.detach() / cfg.grad_accum
             images_seen += batch["image"].shape[0] * world.world_size
@@ -166,7 +166,7 @@ def run(cfg: TrainConfig, hooks: RunHooks | None = None, given: set[str] | None 
             bar.set_postfix(loss=f"{flat['loss/total']:.3f}", psnr=f"{flat.get('psnr', float('nan')):.1f}")
         if world.is_main and cfg.image_every and tr.step % cfg.image_every == 0:
             grid = reconstruction_grid(micro[-1]["image"], last.reconstruction)
-            save_grid(grid, run_dir / "images" / f"step_{tr.step:08d}.png", upscale=2)
+            save_image(grid, run_dir / "images" / f"step_{tr.step:08d}.png", upscale=2)
         if cfg.eval_every and tr.step % cfg.eval_every == 0 and tr.step < tr.total_steps:
             logger.log(tr.step, {"eval": tr.evaluate()})
         if tr.save_due(tr.step):

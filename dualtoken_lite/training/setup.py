@@ -3,8 +3,8 @@
     tr = build_trainer(cfg, world)
 
 The order matters for exact resumes and reproducibility: seeds first, then the data loader, the model (whose
-random initialisation draws from the seeded generator), the teacher, the optimizer, and last the saved state
-of a resumed run (which restores every random generator as it was when the checkpoint was written).
+random initialisation draws from the seeded RNG), the teacher, the optimizer, and last the saved state
+of a resumed run (which restores every RNG as it was when the checkpoint was written).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def build_teacher(spec: str, model: DualToken | None, tower_init: str = "teacher
     (unless ``tower_init="scratch"``, which keeps the tower's random init);
     "backbone": a frozen copy of the tower as built (the pretrained SigLIP at paper scale);
     "hf:<repo id>" or a transformers SigLIP / SigLIP2 folder: that tower, frozen (model/hf_siglip.py);
-    a folder: a teacher saved by ``python -m dualtoken_lite.teacher --out FOLDER``.
+    a folder: a teacher saved by ``python -m dualtoken_lite teacher --out FOLDER``.
     """
     if is_hf_spec(spec):
         image_size = model.cfg.backbone.image_size if model is not None else None

@@ -30,10 +30,16 @@ from torch import nn
 from tqdm import tqdm
 
 from dualtoken_lite.model.pretrained import check_state_dict, read_weights
-from dualtoken_lite.settings import ConfigError, UserError, require_finite, to_dict
+from dualtoken_lite.settings import (
+    ConfigError,
+    UserError,
+    atomic_write_text,
+    require_at_least,
+    require_finite,
+    to_dict,
+)
 from dualtoken_lite.training.arguments import set_field
 from dualtoken_lite.training.checkpoints import (
-    atomic_write_text,
     capture_rng_state,
     load_training_state,
     restore_rng_state,
@@ -73,12 +79,8 @@ class LoopConfig:
     def validate(self) -> LoopConfig:
         """Raise ConfigError naming a bad field; return self."""
         require_finite(self, "loop")
-        for name in ("steps", "batch_size", "threads", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"loop.{name}={getattr(self, name)} must be >= 1")
-        for name in ("warmup_steps", "save_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"loop.{name}={getattr(self, name)} must be >= 0")
+        require_at_least(self, ("steps", "batch_size", "threads", "log_every", "keep_checkpoints"), 1, where="loop.")
+        require_at_least(self, ("warmup_steps", "save_every"), 0, where="loop.")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1 or self.weight_decay < 0 or not self.grad_clip > 0:
             raise ConfigError(f"loop: need lr > 0 (got {self.lr}), 0 <= min_lr_ratio <= 1 (got {self.min_lr_ratio}),"
                               f" weight_decay >= 0 (got {self.weight_decay}), grad_clip > 0 (got {self.grad_clip})")
@@ -88,8 +90,8 @@ class LoopConfig:
 def parse_overrides(cfg, argv: list[str], usage: str):
     """Apply ``--name value`` pairs to a trainer config; loop fields may drop their ``loop.`` prefix."""
     if any(a in ("-h", "--help") for a in argv):
-        print(usage + "\n\nfields (--name value):\n" + "\n".join(f"  --{k} (default {v!r})"
-                                                              for k, v in flat_config(cfg).items()))
+        print(f"usage: {usage}\n\nfields (--name value):\n" + "\n".join(f"  --{k} (default {v!r})"
+                                                                 for k, v in flat_config(cfg).items()))
         sys.exit(0)
     loop_fields = {f.name for f in dataclasses.fields(LoopConfig)}
     i = 0
@@ -108,10 +110,12 @@ def parse_overrides(cfg, argv: list[str], usage: str):
     return cfg
 
 
-def run_command(cfg, run, argv: list[str] | None, module: str, usage: str) -> int:
+def run_command(cfg, run, argv: list[str] | None, name: str, description: str) -> int:
     """A trainer's ``main``: parse ``--name value`` overrides onto ``cfg`` and ``run`` it, recording the command."""
     argv = sys.argv[1:] if argv is None else argv
-    run(parse_overrides(cfg, argv, usage), command=f"python -m dualtoken_lite.{module} " + " ".join(argv))
+    command = f"python -m dualtoken_lite {name}"
+    run(parse_overrides(cfg, argv, f"{command} [--FIELD VALUE ...]\n\n{description}"),
+        command=f"{command} " + " ".join(argv))
     return 0
 
 

@@ -1,7 +1,7 @@
-"""Train and measure one generator: `python -m dualtoken_lite.train_generator --model.variant both`.
+"""Train and measure one generator: `python -m dualtoken_lite train_generator --model.variant both`.
 
-    python -m dualtoken_lite.train_generator --model.variant pixel --out runs/unified/generator-pixel-s0
-    python -m dualtoken_lite.train_generator --model.variant both  --out runs/unified/generator-both-s0
+    python -m dualtoken_lite train_generator --model.variant pixel --out runs/unified/generator-pixel-s0
+    python -m dualtoken_lite train_generator --model.variant both  --out runs/unified/generator-both-s0
     ... --loop.seed 1 --out runs/unified/generator-both-s1   (the second seed)   ... --resume auto (continue a killed run)
 
 The default budget, 3,200 steps x batch 32 with bf16 autocast on both cores of a 2-core CPU (``loop.threads 2``),
@@ -50,8 +50,7 @@ class GeneratorTrainConfig:
     init_from_codebooks: bool = True  # start each slot's code table from the tokenizer's codebook vectors
     resume: str | None = None  # "auto" (continue --out if it has a checkpoint) or a run folder
     overwrite: bool = False  # replace the run already in --out
-    model: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(  # size and variant; the recipe:
-        rotary=True, depth_layers=1, depth_positions=64))  # rotary attention, the exact loss at all 64 positions
+    model: GeneratorConfig = field(default_factory=GeneratorConfig)  # size and variant
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3200, batch_size=32, lr=2e-3, threads=2,
                                                                 bf16=True))  # optimisation: both cores, bf16
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how the final measurement samples

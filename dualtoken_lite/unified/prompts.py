@@ -1,7 +1,7 @@
 """From a prompt to pictures: class name -> sampled code stacks -> the tokenizer's decoder -> PNG files.
 
-    python -m dualtoken_lite.generate data/unified/generator-both --prompt star --num 16 --out samples/
-    python -m dualtoken_lite.generate data/unified/generator-both --prompt star heart --temperature 0.9 --top-k 64
+    python -m dualtoken_lite generate data/unified/generator-both --prompt star --num 16 --out samples/
+    python -m dualtoken_lite generate data/unified/generator-both --prompt star heart --temperature 0.9 --top-k 64
 
 A prompt is one of the tiny world's shape classes (an unknown one is an error listing them). The generator's
 model folder names the tokenizer it was trained on (its fingerprint); ``--tokenizer`` is the folder to decode with
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dualtoken_lite.datasets.images import make_grid_image, save_image, to_uint8
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence
 from dualtoken_lite.settings import ConfigError, UserError
 from dualtoken_lite.tinyworld.drawing import CLASSES
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
-from dualtoken_lite.unified.judge import decode_depths, to_uint8
 from dualtoken_lite.unified.token_cache import fingerprint
 
 
@@ -85,9 +85,10 @@ def generate_images(generator, tokenizer, classes: torch.Tensor, sampling: Sampl
     stacks, images = [], []
     for i in range(0, len(classes), sampling.batch_size):
         s = generator.sample(classes[i : i + sampling.batch_size], sampling.temperature, sampling.top_k,
-                             sampling.guidance, generator=rng)  # (b, N, S)
+                             sampling.guidance, rng=rng)  # (b, N, S)
         stacks.append(s)
-        images.append(to_uint8(decode_depths(tokenizer, stacks_to_pixel_codes(s, generator))))
+        pixel_codes = stacks_to_pixel_codes(s, generator)  # (b, H, W, d): the generator's first d pixel depths
+        images.append(to_uint8(tokenizer.decode(pixel_codes, depths=pixel_codes.shape[-1]), channels_last=True).numpy())
         if progress is not None:
             progress(len(s))
     return torch.cat(stacks), np.concatenate(images)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dualtoken_lite.unified.weights import load_model
 
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.generate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite generate", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a generator folder (data/unified/generator-both, or RUN/model)")
     parser.add_argument("--prompt", nargs="+", required=True, help=f"class name(s): {', '.join(CLASSES)}")
     parser.add_argument("--num", type=int, default=16, help="images per prompt")
@@ -146,14 +147,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def save_sample_grid(images: np.ndarray, rows: int, path: str | os.PathLike, upscale: int = 2) -> Path:
-    """uint8 images (rows x cols, h, w, 3), row-major -> one PNG grid with a 2 px white gap."""
-    cols = len(images) // rows
-    h, w = images.shape[1:3]
-    grid = np.full((rows * (h + 2) - 2, cols * (w + 2) - 2, 3), 255, np.uint8)
-    for i, image in enumerate(images[: rows * cols]):
-        r, c = divmod(i, cols)
-        grid[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = image
-    picture = Image.fromarray(grid)
-    picture = picture.resize((picture.width * upscale, picture.height * upscale), Image.NEAREST)
-    picture.save(path)
-    return Path(path)
+    """uint8 images (rows x cols, h, w, 3), row-major -> one PNG grid (datasets/images.make_grid_image)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, h, w)
+    return save_image(make_grid_image(x, nrow=len(images) // rows), path, upscale)

@@ -1,8 +1,8 @@
-"""Train and measure one reader: `python -m dualtoken_lite.train_reader --model.variant both --loop.seed 0`.
+"""Train and measure one reader: `python -m dualtoken_lite train_reader --model.variant both --loop.seed 0`.
 
-    OMP_NUM_THREADS=1 python -m dualtoken_lite.train_reader --model.variant semantic --out runs/unified/reader-semantic-s0
-    OMP_NUM_THREADS=1 python -m dualtoken_lite.train_reader --model.variant pixel    --out runs/unified/reader-pixel-s0
-    OMP_NUM_THREADS=1 python -m dualtoken_lite.train_reader --model.variant both     --out runs/unified/reader-both-s0
+    OMP_NUM_THREADS=1 python -m dualtoken_lite train_reader --model.variant semantic --out runs/unified/reader-semantic-s0
+    OMP_NUM_THREADS=1 python -m dualtoken_lite train_reader --model.variant pixel    --out runs/unified/reader-pixel-s0
+    OMP_NUM_THREADS=1 python -m dualtoken_lite train_reader --model.variant both     --out runs/unified/reader-both-s0
     ... --loop.seed 1 --out runs/unified/reader-both-s1      (the second seed)   ... --resume auto (continue a killed run)
 
 The three readers share everything but ``model.variant``: the same training images (train split 0..N-1, encoded once
