@@ -360,7 +360,8 @@ for n in ("mse", "no_commit"):
     print(f"{n:9s}: held-out pixel commitment {commit[n][0]:.4f} ± {commit[n][1]:.4f}")
 print(f"PSNR without the term {psnr_no_commit[0]:.2f} ± {psnr_no_commit[1]:.2f} dB")
 assert "loss/commit_pixel" not in runs["no_commit"][0].metrics[-1], "weight 0: the term is off, not logged"
-ratio = figures.check("full/commit_ratio", commit["no_commit"][0] / commit["mse"][0], tol=3.0)
+ratio = commit["no_commit"][0] / commit["mse"][0]
+figures.check("full/commit_ratio", ratio, tol=3.0)
 figures.check("full/no_commit_psnr", psnr_no_commit[0], tol=0.3)
 assert ratio > 2, "without the term, z drifts away from its codes"
 
