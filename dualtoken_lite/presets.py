@@ -9,6 +9,7 @@
 | ``so400m-384`` | the paper's model: SigLIP So400m/14 at 384 px, 27 x 27 grid, RVQ depth 8, K = 16,384, the released recipe |
 | ``so400m-384-siglip2`` | the same model on the released code's tower: transformers' SigLIP2 so400m-patch14-384 |
 | ``so400m-256`` | the 256 px variant: SigLIP2 So400m/16 at 256 px, 16 x 16 grid, RVQ depth 4 |
+| ``so400m-384-dim256`` | the early release's published tokenizer: conv projections, code dim 256, K = 32,768, no shortcut |
 
 The paper presets name no starting weights except ``so400m-384-siglip2``: training one refuses until
 ``--model.backbone.pretrained`` names them (``webli``, ``hf:<repo id>``, a folder, or ``random`` on purpose).
@@ -43,6 +44,7 @@ def _so400m_model(image_size: int, patch_size: int, arch: str, depth: int, pretr
             layers=27,
             heads=16,
             mlp_ratio=4304 / 1152,
+            activation="gelu_tanh",  # SigLIP and SigLIP2 were trained with tanh-approximate GELU
             grad_checkpointing=True,
         ),
         pixel_layer=6,
@@ -58,6 +60,17 @@ def _so400m_model(image_size: int, patch_size: int, arch: str, depth: int, pretr
         decoder_res_blocks=2,
         decoder_in_channels=1024,
     )
+
+
+def _so400m_dim256_model() -> ModelConfig:
+    """The early release's tokenizer, the one its model zoo linked (docs/method.md §2, "the dim-256 model"):
+    SigLIP v1 So400m/14-384, ResNet-block projections, pixel tap 6 without a shortcut, semantic tap 26, code dim
+    256, K = 32,768, depth 8, the same decoder."""
+    cfg = _so400m_model(384, 14, "ViT-SO400M-14-SigLIP-384", depth=8)
+    cfg.shortcut_layer, cfg.projection = None, "conv"
+    for quantizer in (cfg.pixel_quantizer, cfg.semantic_quantizer):
+        quantizer.code_dim, quantizer.codebook_size = 256, 32768
+    return cfg
 
 
 def _so400m_run(name: str, model: ModelConfig) -> TrainConfig:
@@ -96,6 +109,7 @@ PRESETS: dict[str, TrainConfig] = {
     "so400m-384-siglip2": _so400m_run("so400m-384-siglip2", _so400m_model(
         384, 14, "ViT-SO400M-14-SigLIP-384", depth=8, pretrained="hf:google/siglip2-so400m-patch14-384")),
     "so400m-256": _so400m_run("so400m-256", _so400m_model(256, 16, "ViT-SO400M-16-SigLIP2-256", depth=4)),
+    "so400m-384-dim256": _so400m_run("so400m-384-dim256", _so400m_dim256_model()),
 }
 
 

@@ -22,7 +22,8 @@ from typing import Any
 from dualtoken_lite.losses import config as loss_config
 from dualtoken_lite.losses.config import LossConfig
 from dualtoken_lite.model import config as model_config
-from dualtoken_lite.model.config import ModelConfig
+from dualtoken_lite.model.config import model_config_from_dict
+from dualtoken_lite.model.release_config import RELEASE_MODELS
 from dualtoken_lite.presets import preset as named_preset
 from dualtoken_lite.quantizers import residual
 from dualtoken_lite.settings import ConfigError, from_dict
@@ -59,8 +60,6 @@ RELEASE_FLAGS: dict[str, str] = {
     "--report-to": "tensorboard",  # translated by RELEASE_VALUES
     "--imagenet-val": "imagenet_val",  # refused by RELEASE_VALUES: evaluate after training
 }
-# Release model-config names (docs/method.md §4 `--model`, with or without their "_32d" suffix) -> our presets.
-RELEASE_MODELS = {"model_config_siglip_384_rvq8": "so400m-384", "model_config_siglip_256_rvq4": "so400m-256"}
 KEEP = "<keep the preset's value>"
 # Release flag values -> ours; None or a value not listed = refused (the message names our equivalent).
 RELEASE_VALUES: dict[str, dict[str, str | None]] = {
@@ -148,8 +147,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, set[
     if known.help:
         print(field_help())
         raise SystemExit(0)
-    release_model = re.sub(r"_\d+d$", "", known.model) if known.model else None
-    preset = known.preset or RELEASE_MODELS.get(release_model or "", known.model) or "tiny"
+    preset = known.preset or RELEASE_MODELS.get(known.model or "", known.model) or "tiny"
     cfg = named_preset(preset)
     pairs = _pairs(rest)
     save_every_epochs = None
@@ -236,6 +234,6 @@ def load_run_config(path: str | Path) -> TrainConfig:
             raise ConfigError(f"{path}: TrainConfig has no field {key!r}")
         setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
     if model is not None:
-        cfg.model = from_dict(ModelConfig, model)
+        cfg.model = model_config_from_dict(model)
     cfg.loss = from_dict(LossConfig, {**dataclasses.asdict(cfg.loss), **loss})
     return validate_train(cfg)

@@ -37,7 +37,8 @@ class TrainConfig:
     warmup_steps: int = 50  # linear warmup before the cosine decay (paper: 10,000)
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     stage: int = 1  # 0, 1 or 2 (docs/method.md §3): what is frozen and which losses are on
-    gan_start_epoch: int | None = None  # 0-based epoch in whose second half the discriminator starts; None = no GAN
+    gan_start_epoch: int | None = None  # 0-based epoch in whose second half the discriminator starts (at its start
+    #                                     when init_from is set, as the release's --load_from); None = no GAN
     gan_start_step: int | None = None  # the same in steps (wins over gan_start_epoch when both are set)
     restart_gan: int | None = None  # re-create the discriminator and its optimizer every N epochs after the start
     teacher: str = "shipped"  # distillation teacher: "shipped" (tiny world's, also the starting tower), "backbone"
