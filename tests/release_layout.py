@@ -1,6 +1,7 @@
 """A release checkpoint and config written from the layout documented in the release's source, for the converter's
 tests (test_release.py, test_release_flags.py). No release code here: every key, shape and config field below is
-read off the release's source (songweii/DualToken; /work/notes/release_facts.md has the lines):
+read off the release's source (songweii/DualToken: modeling/rqvaesigliptransformer/rqvaesiglip/*.py and
+model_config_*/config.json at HEAD 29e7c84; the early layout at b0f6f76):
 
 * ``release_shapes``: each key and shape of ``RQVAESiglipModel.state_dict()``: the transformers SigLIP tower under
   ``siglip_model.vision_model.`` (q/k/v separate, MAP head with a fused in_proj), the text-image logit scalars,

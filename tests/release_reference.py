@@ -1,9 +1,10 @@
 """The release's forward pass written from its source's description, reading every tensor by its release key.
 
 Independent of dualtoken_lite's modules (only ``torch.nn.functional``) and of the converter's renames: this is
-what the release computes in eval mode (``RQVAESiglipModel.encode_image`` and ``decode``; songweii/DualToken
-HEAD for the current layout, the early code for ``prequant_visual``-style checkpoints; /work/notes/release_facts.md
-has the lines). test_release.py compares a converted model's outputs with these.
+what the release computes in eval mode (``RQVAESiglipModel.encode_image`` and ``decode`` in songweii/DualToken's
+modeling/rqvaesigliptransformer/rqvaesiglip/modeling_rqvaesiglip.py, with modules.py and quantizations.py beside
+it: at HEAD 29e7c84 for the current layout, at the early history's b0f6f76 for ``prequant_visual`` checkpoints).
+test_release.py compares a converted model's outputs with these.
 
     out = release_forward(state, settings, images)   # codes_pix, codes_sem (B, H, W, D), recon, pooled
 """

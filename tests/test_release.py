@@ -90,7 +90,11 @@ def test_per_depth_codebooks_keep_each_depths_codes():
 
 
 def test_every_released_key_is_accounted_for_at_paper_size():
-    """The key list of the current release (code dim 32) on the meta device: every key mapped or dropped."""
+    """The key list of the current release (code dim 32) on the meta device: every key mapped or dropped.
+
+    The list is every key its RQVAESiglipModel's state dict holds besides the text tower's (built from the release's
+    own code on the meta device, outside this repository), and equals the layout described in release_layout.py.
+    """
     shapes = json.loads(RELEASE_KEYS.read_text())
     assert len(shapes) == 812
     assert shapes == {k: list(v) for k, v in release_shapes(model_preset("so400m-384")).items()}, \

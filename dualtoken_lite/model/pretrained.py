@@ -4,9 +4,9 @@
         config.json          {"format": "dualtoken_lite", "format_version": 2, "model": <ModelConfig as a dict>}
         model.safetensors    every parameter and buffer, codebooks included (EMA counts and averages too)
 
-Loading is strict (the released code swallowed strict-load errors and trained on with random weights, docs/method.md §7.4):
-the file's tensor names and shapes are compared with the model built from the saved config, and any missing,
-unexpected or mis-shaped tensor is an error that lists them. The model is first built on the meta device (no
+Loading is strict (the release's evaluation and inference scripts swallow a failed strict load and go on with the
+weights the model was built with, docs/method.md §7.4): the file's tensor names and shapes are compared with the
+model built from the saved config, and any missing, unexpected or mis-shaped tensor is an error that lists them. The model is first built on the meta device (no
 random initialisation of hundreds of millions of weights) and then takes the stored tensors as they are, so a
 round trip is exact.
 

@@ -76,8 +76,9 @@ class TrainConfig:
 def check_starting_weights(cfg: TrainConfig) -> None:
     """Refuse a paper-scale run whose tower (and so its distillation teacher) would start random without being asked.
 
-    A random SigLIP tower distilled towards a random copy of itself trains for days and teaches nothing; the release
-    did that silently when its weights were missing. ``--model.backbone.pretrained random`` asks for it on purpose.
+    A random SigLIP tower distilled towards a random copy of itself trains for days and teaches nothing (the release
+    cannot start so: it loads its tower with ``SiglipModel.from_pretrained``, which fails without the weights).
+    ``--model.backbone.pretrained random`` asks for it on purpose.
     """
     backbone = cfg.model.backbone
     if backbone.arch == "tiny" or backbone.pretrained is not None:
