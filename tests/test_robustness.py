@@ -167,6 +167,7 @@ def test_non_finite_hyperparameters_are_refused_at_config_time(flag, value):
 def test_non_finite_weights_are_never_saved(data, tmp_path):
     out = tmp_path / "run"
     script = ("import torch, sys\n"
+              "from dualtoken_lite.settings import run_cli\n"
               "from dualtoken_lite.training.loop import RunHooks, main\n"
               "import dualtoken_lite.training.loop as L\n"
               "orig = L.build_trainer\n"
@@ -179,7 +180,7 @@ def test_non_finite_weights_are_never_saved(data, tmp_path):
               "    return tr\n"
               "L.build_trainer = build\n"
               "hooks = RunHooks()\n"
-              "main(sys.argv[1:], hooks)\n")
+              "sys.exit(run_cli(lambda argv: main(argv, hooks), sys.argv[1:]))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script, *FAST, "--train-data", data["good"], "--max_steps", "4",
                              "--save_every", "2", "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
