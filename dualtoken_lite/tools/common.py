@@ -30,6 +30,7 @@ from dualtoken_lite.datasets.images import BadImageError, decode_image, load_ima
 from dualtoken_lite.datasets.sources import expand_shards, file_identity, index_shard, list_folder, read_bytes
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.pretrained import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+from dualtoken_lite.settings import UserError
 from dualtoken_lite.training.checkpoints import latest_checkpoint
 
 
@@ -60,6 +61,27 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu"):
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda when available, else cpu; otherwise the named device."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+
+
+def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a folder that exists or can be made and written, or a UserError before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder")
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"{flag} {path}: {existing} is not a writable folder; give another {flag}")
+    return path
+
+
+def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a file whose folder exists and can be written, or a UserError before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UserError(f"{flag} {path}: {path.parent} is not a writable folder; give another {flag}")
+    return path
 
 
 def is_shard_source(text: str) -> bool:

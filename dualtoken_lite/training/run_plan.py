@@ -181,6 +181,8 @@ def check_writable(folder: Path) -> None:
         if path.exists() and not path.is_dir():
             raise RunFolderError(f"{path} exists and is not a folder; give another --out")
         target = path if path.exists() else next(p for p in [path, *path.parents] if p.exists())
+        if not target.is_dir():
+            raise RunFolderError(f"{target} is a file, so {folder} cannot be made; give another --out")
         if not os.access(target, os.W_OK):
             raise RunFolderError(f"{target} is not writable; give a writable --out")
 

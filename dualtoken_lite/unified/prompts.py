@@ -113,20 +113,10 @@ def check_tokenizer(generator, tokenizer_dir: str | os.PathLike) -> None:
                         f"{fingerprint(tokenizer_dir)}: pass --tokenizer with the folder it was trained on")
 
 
-def check_out_folder(out: str) -> Path:
-    """--out as a folder that can be written, or a UserError before any work."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder (it will hold the PNGs, grid.png and samples.json)")
-    existing = next(p for p in [path, *path.parents] if p.exists())
-    if not os.access(existing, os.W_OK):
-        raise UserError(f"--out {out}: {existing} is not writable; give a writable folder")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
+    from dualtoken_lite.tools.common import writable_folder
     from dualtoken_lite.training.interrupts import Interrupted, StopSignals, signal_name
     from dualtoken_lite.unified.weights import load_model
 
@@ -147,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.num < 1 or args.threads < 1:
         raise UserError(f"--num {args.num} and --threads {args.threads}: give at least 1 of each")
     sampling = SamplingConfig(args.temperature, args.top_k, args.guidance, args.seed).validate()
-    out = check_out_folder(args.out)
-    for folder, what in ((args.model, "a generator folder such as data/unified/generator-both"),
-                         (args.tokenizer, "a tokenizer folder such as data/tokenizer")):
-        if not Path(folder).is_dir():
-            raise UserError(f"{folder} is not a folder: give {what}")
+    out = writable_folder(args.out)
+    if not Path(args.model).is_dir():
+        raise UserError(f"{args.model} is not a folder: give a generator folder such as data/unified/generator-both")
+    if not Path(args.tokenizer, "model.safetensors").is_file():
+        raise UserError(f"--tokenizer {args.tokenizer}: no model.safetensors there; give a tokenizer folder such as "
+                        "data/tokenizer")
     torch.set_num_threads(args.threads)
     generator = load_model(args.model, kind="generator")
     check_tokenizer(generator, args.tokenizer)
