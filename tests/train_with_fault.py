@@ -10,6 +10,7 @@ FAULT is one of
     term-after-step:N    SIGTERM right after step N (under torchrun: only on rank $FAULT_RANK when it is set)
     int-twice:N          two Ctrl-C (SIGINT) right after step N: the second one stops at once
     disk-full-in-save:N  the disk fills up while checkpoint N's training state is written (its writes raise ENOSPC)
+    wait-after-step:N    after step N, wait until the file $FAULT_GO exists (a test holds a run still mid-training)
 The faults enter through the loop's public hooks (``training.loop.RunHooks``) or, for the disk, through the file the
 checkpoint writer opens, so the library carries no test code. The process ends as ``python -m dualtoken_lite.train``
 does (``settings.run_cli``: exit codes and one-line messages).
@@ -22,6 +23,7 @@ import io
 import os
 import signal
 import sys
+import time
 
 from dualtoken_lite.settings import run_cli
 from dualtoken_lite.training import checkpoints
@@ -34,6 +36,15 @@ def signal_at(step: int, signum: int, times: int = 1):
         if current == step and (chosen is None or chosen == os.environ.get("RANK", "0")):
             for _ in range(times):
                 os.kill(os.getpid(), signum)
+
+    return hook
+
+
+def wait_at(step: int):
+    def hook(current: int) -> None:
+        deadline = time.monotonic() + 300
+        while current == step and not os.path.exists(os.environ["FAULT_GO"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     return hook
 
@@ -88,7 +99,8 @@ def hooks_for(fault: str) -> RunHooks:
               "kill-in-save": ("before_checkpoint_commit", lambda: signal_at(step, signal.SIGKILL)),
               "nan-loss": ("after_losses", lambda: nan_at(step)),
               "term-after-step": ("after_step", lambda: signal_at(step, signal.SIGTERM)),
-              "int-twice": ("after_step", lambda: signal_at(step, signal.SIGINT, times=2))}
+              "int-twice": ("after_step", lambda: signal_at(step, signal.SIGINT, times=2)),
+              "wait-after-step": ("after_step", lambda: wait_at(step))}
     if kind not in makers:
         raise SystemExit(f"unknown fault {fault!r}; use one of {sorted([*makers, 'disk-full-in-save'])}:N")
     name, make = makers[kind]

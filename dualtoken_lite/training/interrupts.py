@@ -12,7 +12,8 @@ The first signal while training asks the run to stop after the step it is in; a 
 (``Interrupted``, exit 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM), and the last complete checkpoint stays,
 since checkpoints are written atomically. Under torchrun the ranks agree each step on whether any of them was
 signalled (one all-reduce of a flag), so they all stop after the same step; torchrun forwards a SIGTERM or Ctrl-C it
-receives to every rank, and sends SIGKILL 30 s later (the checkpoint must be written by then).
+receives to every rank, and sends SIGKILL ``--shutdown-timeout`` seconds later (30 by default): the checkpoint must
+be written by then.
 """
 
 from __future__ import annotations
