@@ -34,13 +34,14 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from dualtoken_lite.settings import (
     EXIT_NON_FINITE,
     EXIT_STOPPED,
+    EXIT_USER_ERROR,
     EarlyExit,
     UserError,
     WriteFailed,
@@ -154,13 +155,14 @@ class RunFolder:
     def _explain(self, exc: BaseException) -> BaseException | None:
         """The one line a stop or a failed write ends with: what stays, and the command that continues the run."""
         if not self.world.is_main and isinstance(exc, EarlyExit | WriteFailed | OSError):
-            return EarlyExit("", getattr(exc, "exit_code", 2))  # rank 0 says it
+            return EarlyExit("", getattr(exc, "exit_code", EXIT_USER_ERROR))  # rank 0 says it
         latest = latest_checkpoint(self.path / "checkpoints")
 
         def kept(when: str = "") -> str:
             if latest is None:
                 return "there is no checkpoint to continue from yet"
-            return f"the last good checkpoint, {latest}, is intact; {when}continue the run with: {self.continue_command()}"
+            return (f"the last good checkpoint, {latest}, is intact; {when}continue the run with: "
+                    f"{self.continue_command()}")
 
         if isinstance(exc, Interrupted):
             if not self.began:
@@ -184,7 +186,7 @@ class RunFolder:
                                                   before_commit=before_commit))
         self.checkpoint_written = True
 
-    def stop(self, step: int, signum: int):
+    def stop(self, step: int, signum: int) -> NoReturn:
         """End the run after the stop checkpoint: one line naming it and the command that continues (exit 4)."""
         latest = latest_checkpoint(self.path / "checkpoints")
         message = (f"stopped by {signal_name(signum)} after step {step}: checkpoint {latest}; continue the run with: "
@@ -224,5 +226,5 @@ class RunFolder:
             except Exception as err:
                 failure = err
         if not dist_utils.all_ok(failure is None):
-            raise failure or EarlyExit("", 2)
+            raise failure or EarlyExit("", EXIT_USER_ERROR)
         return result
