@@ -146,7 +146,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, set[
         raise SystemExit(0)
     preset = known.preset or RELEASE_MODELS.get(known.model or "", known.model) or "tiny"
     cfg = named_preset(preset)
-    pairs = _pairs(rest)
+    pairs = flag_pairs(rest)
     save_every_epochs = None
     given = {"preset"} if known.preset or known.model else set()
     for flag, value in pairs:
@@ -195,7 +195,7 @@ def field_help() -> str:
     return head + "\n".join(walk(named_preset("tiny"), ""))
 
 
-def _pairs(rest: list[str]) -> list[tuple[str, str]]:
+def flag_pairs(rest: list[str]) -> list[tuple[str, str]]:
     """['--a=1', '--b', '2', '--flag'] -> [('--a','1'), ('--b','2'), ('--flag','true')]."""
     out, i = [], 0
     while i < len(rest):
