@@ -82,8 +82,8 @@ torch.testing.assert_close(q, model.pixel_quantizer.decode(codes))
 # positions 0..n only. If the projection let position n look at later positions, its output for n would change
 # every time a later code arrived; with the mask, the output at n depends on positions 0..n alone, so it is
 # final as soon as code n is generated and can be computed step by step alongside generation. That is the
-# paper's stated reason. The released forward pass runs this attention without the mask; we follow the paper
-# (docs/method.md, "Other deliberate differences").
+# paper's stated reason. The release's current code builds its post-quant projections the same way
+# (`is_causal=True`; only its March 2026 code ran them without the mask, docs/method.md §2).
 #
 # **Where the causality comes from.** Everything else in `AttnProjection` acts on each position separately
 # (the LayerNorms, the linear path, the GeGLU), so positions mix only inside the attention. There,

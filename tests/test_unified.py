@@ -343,3 +343,85 @@ def test_results_keep_the_readers_when_only_the_generators_were_retrained(tmp_pa
     assert (out / "generator-pixel" / "config.json").is_file() and not (out / "reader-both").exists()
     with pytest.raises(results.MissingFile, match="reader-semantic-s0"):
         results.collect(runs, tmp_path / "elsewhere")  # without the flag the reader runs are required
+
+
+# ------------------------------------------------------------------------------------------------ run folders
+def test_the_unified_trainers_keep_the_run_folder_promises(cache, tmp_path, capsys, monkeypatch):
+    """The tokenizer trainer's promises (training/run_folder.py), through `train_reader`'s command line."""
+    import os
+    import signal
+
+    flags = ["--cache_dir", str(cache), "--train_count", "16", "--eval_count", "8", "--model.width", "16",
+             "--model.layers", "1", "--model.heads", "2", "--model.dropout", "0", "--steps", "2",
+             "--batch_size", "4", "--warmup_steps", "1", "--log_every", "1", "--save_every", "1"]
+
+    def reader(*args: str) -> tuple[int, str]:
+        code = run_cli(reader_training.main, [*flags, *args])
+        return code, capsys.readouterr().err
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert reader("--out", str(run))[0] == 0  # a folder holding only unrelated files is not a run
+    assert (run / "notes.txt").read_text() == "mine" and (run / "summary.json").is_file()
+    assert reader("--out", str(other), "--loop.seed", "1")[0] == 0
+    code, err = reader("--resume", str(other), "--out", str(run))  # OTHER's weights must not land in RUN
+    assert code == 2 and f"--out {run} is not the folder of the run being resumed ({other})" in err
+    code, err = reader("--resume", str(run), "--steps", "3")  # no --out: the run being resumed is the folder
+    assert code == 0 and "loop.steps changed from 2 to 3" in err
+    assert json.loads((run / "summary.json").read_text())["step"] == 3
+    code, err = reader("--out", str(run))
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err
+    assert reader("--out", str(run), "--overwrite")[0] == 0  # a bare --overwrite, as that message says
+    assert (run / "notes.txt").is_file() and json.loads((run / "summary.json").read_text())["step"] == 2
+
+    calls = {"n": 0}
+    loss = Reader.loss
+
+    def fails_at_step_2(self, stacks, labels):
+        calls["n"] += 1
+        value, logs = loss(self, stacks, labels)
+        return (value * float("nan") if calls["n"] == 2 else value), logs
+
+    monkeypatch.setattr(Reader, "loss", fails_at_step_2)
+    code, err = reader("--out", str(tmp_path / "nan"))
+    assert code == 3 and "non-finite loss at step 2" in err and "Traceback" not in err
+
+    def stopped_in_step_1(self, stacks, labels):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, as a scheduler's would
+        return loss(self, stacks, labels)
+
+    monkeypatch.setattr(Reader, "loss", stopped_in_step_1)
+    stop = tmp_path / "stop"
+    code, err = reader("--out", str(stop))
+    assert code == 4 and (f"stopped by SIGTERM after step 1: checkpoint {stop / 'checkpoints' / 'step_00000001'}; "
+                          f"continue the run with: python -m dualtoken_lite train_reader --out {stop} --resume auto"
+                          ) in err
+    monkeypatch.setattr(Reader, "loss", loss)
+    assert run_cli(reader_training.main, ["--out", str(stop), "--resume", "auto"]) == 0  # that command
+    assert json.loads((stop / "summary.json").read_text())["step"] == 2
+
+
+def test_generate_checks_out_before_sampling_and_keeps_what_was_drawn_when_stopped(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    model = "data/unified/generator-both"
+    (tmp_path / "file").write_text("")
+    code = run_cli(prompts.main, [model, "--prompt", "star", "--out", str(tmp_path / "file")])
+    assert code == 2 and f"--out {tmp_path / 'file'} is a file" in capsys.readouterr().err
+
+    def two_batches_then_ctrl_c(generator, tokenizer, classes, sampling):
+        for start in (0, 2):
+            yield None, np.full((2, 64, 64, 3), 40 * start, dtype=np.uint8)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the third batch is drawn
+        yield None, np.zeros((2, 64, 64, 3), dtype=np.uint8)
+
+    monkeypatch.setattr(prompts, "draw", two_batches_then_ctrl_c)
+    out = tmp_path / "png"
+    code = run_cli(prompts.main, [model, "--prompt", "star", "--num", "100000", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130 and f"stopped by Ctrl-C: 4 of 100000 images written to {out}" in err
+    names = json.loads((out / "samples.json").read_text())["files"]
+    assert names == ["star_000.png", "star_001.png", "star_002.png", "star_003.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "samples.json"])

@@ -41,7 +41,7 @@ from dualtoken_lite.settings import ConfigError, require_at_least
 class QuantizerConfig:
     """One residual vector quantizer (docs/method.md §2: depth 8, one shared codebook of 16,384 codes)."""
 
-    code_dim: int = 32  # d, the dimension of each code (32 in the released config; 256 in the model zoo)
+    code_dim: int = 32  # d, the dimension of each code (32 in the released configs; 256 in the early release's)
     depth: int = 8  # D, residual depth: codes per token position
     codebook_size: int = 16384  # K, codes in the codebook
     shared_codebook: bool = True  # one codebook for all depths (paper) or one per depth

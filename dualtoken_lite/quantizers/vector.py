@@ -33,6 +33,10 @@ def commitment_loss(z: Tensor, q: Tensor) -> Tensor:
     return (z - q.detach()).pow(2).mean()
 
 
+class NonFiniteInput(ValueError):
+    """The features to quantize hold NaN or inf (in training: the weights before the quantizer have diverged)."""
+
+
 def check_features(z: Tensor, dim: int) -> None:
     """Raise ValueError unless z is a floating tensor (..., dim) with only finite values."""
     if not torch.is_tensor(z) or not z.is_floating_point():
@@ -45,7 +49,7 @@ def check_features(z: Tensor, dim: int) -> None:
         )
     if not bool(torch.isfinite(z).all()):
         bad = int((~torch.isfinite(z)).sum())
-        raise ValueError(f"input holds {bad} non-finite value(s) (NaN or inf) out of {z.numel()}; check the encoder")
+        raise NonFiniteInput(f"input holds {bad} non-finite value(s) (NaN or inf) out of {z.numel()}; check the encoder")
 
 
 def code_histogram(codes: Tensor, size: int) -> Tensor:

@@ -14,12 +14,13 @@ import io
 import os
 import tarfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from dualtoken_lite.datasets.sources import read_shard
-from dualtoken_lite.settings import atomic_path
+from dualtoken_lite.settings import UserError, atomic_path
 from dualtoken_lite.tinyworld.drawing import SPLITS, TinyWorldConfig, make_sample, split_id
 from dualtoken_lite.tinyworld.paths import SOURCE_NAMES, TINYWORLD_ROOT
 
@@ -137,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-count", type=int, default=DEFAULT_COUNTS["eval"])
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     args = parser.parse_args(argv)
+    if min(args.train_count, args.eval_count, args.shard_size) < 1:
+        raise UserError("--train-count, --eval-count and --shard-size must be >= 1")
+    existing = next(p for p in [Path(args.out), *Path(args.out).parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"--out {args.out}: {existing} is not a writable folder")
     counts = {"train": args.train_count, "eval": args.eval_count}
     paths = ensure_tinyworld(args.out, tuple(args.splits), counts, args.shard_size)
     for split, files in paths.items():

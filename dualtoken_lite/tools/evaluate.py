@@ -41,6 +41,7 @@ from dualtoken_lite.evaluation.external import (
 from dualtoken_lite.evaluation.loop import evaluate_codes, format_table
 from dualtoken_lite.losses.perceptual import Perceptual, PerceptualWeightsMissing
 from dualtoken_lite.model.hf_siglip import HF_REPO_PREFIX, read_hf_config_json
+from dualtoken_lite.settings import UserError
 from dualtoken_lite.tinyworld.paths import TEACHER_DIR
 from dualtoken_lite.tinyworld.shards import resolve_data
 from dualtoken_lite.tinyworld.teacher import CARD_FILE, load_teacher
@@ -102,7 +103,10 @@ def main(argv: list[str] | None = None, fid_feature: nn.Module | None = None) ->
     parser.add_argument("--fid", action="store_true", help="rFID (needs torch-fidelity + Inception weights)")
     parser.add_argument("--inception-weights", default=None, help=f"path of {INCEPTION_FILE}")
     parser.add_argument("--json", default=None, help="where to write the results (default: CKPT folder/eval.json)")
-    return run(parser.parse_args(argv), fid_feature)
+    args = parser.parse_args(argv)
+    if args.max_images is not None and args.max_images < 1:
+        raise UserError(f"--max-images must be >= 1 (or left out for all images); got {args.max_images}")
+    return run(args, fid_feature)
 
 
 def run(args, fid_feature: nn.Module | None = None) -> int:

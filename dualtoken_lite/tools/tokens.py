@@ -36,8 +36,16 @@ from tqdm import tqdm
 from dualtoken_lite.datasets.images import preprocess, to_pil
 from dualtoken_lite.datasets.sources import expand_shards, read_shard
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence, to_lm_sequence
-from dualtoken_lite.settings import UserError, run_cli
-from dualtoken_lite.tools.common import batched, iter_images, load_tokenizer, output_stem, pick_device
+from dualtoken_lite.settings import UserError, os_error_of, run_cli, write_failed
+from dualtoken_lite.tools.common import (
+    batched,
+    iter_images,
+    load_tokenizer,
+    output_stem,
+    pick_device,
+    writable_file,
+    writable_folder,
+)
 
 
 # ------------------------------------------------------------------------------------------- codes <-> files
@@ -64,6 +72,9 @@ def encode_inputs(model, inputs: list[str], batch_size: int = 32, progress: bool
     if not names:
         raise CodesFileError(f"no image could be read from {inputs}: " + "; ".join(f"{n}: {r}" for n, r in failed[:3]))
     return names, torch.cat(pixel), torch.cat(semantic) if semantic else None, failed
+
+
+CODE_FILES = (".safetensors", ".npy", ".tar")  # what `encode` writes, by --out's suffix
 
 
 def save_codes(path: str | Path, names: list[str], pixel: Tensor, semantic: Tensor | None, layout: TokenLayout,
@@ -210,13 +221,29 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
     args = parser.parse_args(argv)
+    if args.batch_size < 1 or getattr(args, "shard_size", 1) < 1:
+        raise UserError("--batch-size and --shard-size must be >= 1")
+    if args.command == "encode":  # every argument checked before any image is read
+        if Path(args.out).suffix not in CODE_FILES:
+            raise CodesFileError(f"--out {args.out!r}: the file type must be .safetensors, .npy or .tar")
+        writable_file(args.out)
+    else:
+        if not Path(args.codes).exists() and "{" not in args.codes:
+            raise CodesFileError(f"{args.codes} does not exist: give a file written by `tokens encode`")
+        writable_folder(args.out)
     model, folder = load_tokenizer(args.checkpoint, pick_device(args.device))
     layout = TokenLayout.from_config(model.cfg, specials=getattr(args, "specials", False))
     if args.command == "encode":
         names, pixel, semantic, failed = encode_inputs(model, args.inputs, args.batch_size, progress=True)
         for name, reason in failed:
             print(f"skipped {name}: {reason}", file=sys.stderr)
-        files = save_codes(args.out, names, pixel, semantic, layout, str(folder), args.shard_size)
+        try:
+            files = save_codes(args.out, names, pixel, semantic, layout, str(folder), args.shard_size)
+        except Exception as err:  # a full disk: one line naming the file
+            cause = os_error_of(err)
+            if cause is None:
+                raise
+            raise write_failed(args.out, cause) from None
         print(f"encoded {len(names)} images ({len(failed)} skipped) -> {', '.join(map(str, files))}: "
               f"{layout.length} tokens each, vocabulary {layout.vocab_size}")
         return 1 if failed else 0

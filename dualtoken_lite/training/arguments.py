@@ -20,6 +20,7 @@ from typing import Any
 
 from dualtoken_lite.losses import config as loss_config
 from dualtoken_lite.model import config as model_config
+from dualtoken_lite.model.release_config import RELEASE_MODELS
 from dualtoken_lite.quantizers import residual
 from dualtoken_lite.settings import ConfigError, from_dict, missing_fields
 from dualtoken_lite.training import config as train_config
@@ -56,8 +57,6 @@ RELEASE_FLAGS: dict[str, str] = {
     "--report-to": "tensorboard",  # translated by RELEASE_VALUES
     "--imagenet-val": "imagenet_val",  # refused by RELEASE_VALUES: evaluate after training
 }
-# Release model-config names (docs/method.md §4 `--model`, with or without their "_32d" suffix) -> our presets.
-RELEASE_MODELS = {"model_config_siglip_384_rvq8": "so400m-384", "model_config_siglip_256_rvq4": "so400m-256"}
 KEEP = "<keep the preset's value>"
 # Release flag values -> ours; None or a value not listed = refused (the message names our equivalent).
 RELEASE_VALUES: dict[str, dict[str, str | None]] = {
@@ -145,10 +144,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, set[
     if known.help:
         print(field_help())
         raise SystemExit(0)
-    release_model = re.sub(r"_\d+d$", "", known.model) if known.model else None
-    preset = known.preset or RELEASE_MODELS.get(release_model or "", known.model) or "tiny"
+    preset = known.preset or RELEASE_MODELS.get(known.model or "", known.model) or "tiny"
     cfg = named_preset(preset)
-    pairs = _pairs(rest)
+    pairs = flag_pairs(rest)
     save_every_epochs = None
     given = {"preset"} if known.preset or known.model else set()
     for flag, value in pairs:
@@ -197,7 +195,7 @@ def field_help() -> str:
     return head + "\n".join(walk(named_preset("tiny"), ""))
 
 
-def _pairs(rest: list[str]) -> list[tuple[str, str]]:
+def flag_pairs(rest: list[str]) -> list[tuple[str, str]]:
     """['--a=1', '--b', '2', '--flag'] -> [('--a','1'), ('--b','2'), ('--flag','true')]."""
     out, i = [], 0
     while i < len(rest):

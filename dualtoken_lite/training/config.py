@@ -37,7 +37,8 @@ class TrainConfig:
     warmup_steps: int = 50  # linear warmup before the cosine decay (paper: 10,000)
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     stage: int = 1  # 0, 1 or 2 (docs/method.md §3): what is frozen and which losses are on
-    gan_start_epoch: int | None = None  # 0-based epoch in whose second half the discriminator starts; None = no GAN
+    gan_start_epoch: int | None = None  # 0-based epoch in whose second half the discriminator starts (at its start
+    #                                     when init_from is set, as the release's --load_from); None = no GAN
     gan_start_step: int | None = None  # the same in steps (wins over gan_start_epoch when both are set)
     restart_gan: int | None = None  # re-create the discriminator and its optimizer every N epochs after the start
     teacher: str = "shipped"  # distillation teacher: "shipped" (tiny world's, also the starting tower), "backbone"
@@ -75,8 +76,9 @@ class TrainConfig:
 def check_starting_weights(cfg: TrainConfig) -> None:
     """Refuse a paper-scale run whose tower (and so its distillation teacher) would start random without being asked.
 
-    A random SigLIP tower distilled towards a random copy of itself trains for days and teaches nothing; the release
-    did that silently when its weights were missing. ``--model.backbone.pretrained random`` asks for it on purpose.
+    A random SigLIP tower distilled towards a random copy of itself trains for days and teaches nothing (the release
+    cannot start so: it loads its tower with ``SiglipModel.from_pretrained``, which fails without the weights).
+    ``--model.backbone.pretrained random`` asks for it on purpose.
     """
     backbone = cfg.model.backbone
     if backbone.arch == "tiny" or backbone.pretrained is not None:

@@ -83,10 +83,3 @@ def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, 
     """Two rows: originals above, reconstructions below. Inputs (B, 3, h, w) in [-1, 1]."""
     n = min(max_images, originals.shape[0])
     return make_grid_image(torch.cat([originals[:n], reconstructions[:n]]), nrow=n)
-
-
-def write_summary(run_dir: str | Path, summary: dict) -> Path:
-    """summary.json of a run: the final evaluation and how the run was made."""
-    path = Path(run_dir) / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path

@@ -9,6 +9,7 @@
 | ``so400m-384`` | the paper's model: SigLIP So400m/14 at 384 px, 27 x 27 grid, RVQ depth 8, K = 16,384, the released recipe |
 | ``so400m-384-siglip2`` | the same model on the released code's tower: transformers' SigLIP2 so400m-patch14-384 |
 | ``so400m-256`` | the 256 px variant: SigLIP2 So400m/16 at 256 px, 16 x 16 grid, RVQ depth 4 |
+| ``so400m-384-dim256`` | the early release's published tokenizer: conv projections, code dim 256, K = 32,768, no shortcut |
 
 The paper presets name no starting weights except ``so400m-384-siglip2``: training one refuses until
 ``--model.backbone.pretrained`` names them (``webli``, ``hf:<repo id>``, a folder, or ``random`` on purpose).
@@ -51,7 +52,8 @@ PRESETS: dict[str, TrainConfig] = {
         model=model_preset("tiny"),
         loss=LossConfig(perceptual_weight=0.0, disc_channels=32),
     ),
-    **{name: _so400m_run(name, model_preset(name)) for name in ("so400m-384", "so400m-384-siglip2", "so400m-256")},
+    **{name: _so400m_run(name, model_preset(name))
+       for name in ("so400m-384", "so400m-384-siglip2", "so400m-256", "so400m-384-dim256")},
 }
 
 
