@@ -34,7 +34,7 @@ from dualtoken_lite.training import loop
 from dualtoken_lite.training.arguments import parse_args
 from dualtoken_lite.training.config import TrainConfig
 from dualtoken_lite.training.presets import preset
-from dualtoken_lite.training.run_folder import flatten
+from dualtoken_lite.training.run_plan import flatten
 
 
 def _config(key: str, seed: int = 0, extra: tuple[str, ...] = ()) -> dict:
