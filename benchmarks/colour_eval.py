@@ -18,8 +18,9 @@ import torch
 from dualtoken_lite import DualToken
 from dualtoken_lite.evaluation.loop import evaluate_codes
 from dualtoken_lite.evaluation.metrics import luma_chroma_psnr, psnr
+from dualtoken_lite.evaluation.zero_shot import class_score
 from dualtoken_lite.tinyworld import ensure_tinyworld, load_split, to_tensor
-from dualtoken_lite.tinyworld.teacher import load_teacher
+from dualtoken_lite.unified.judge import load_shape_classifier
 
 HALVES = {"report (images 0-511)": slice(0, 512), "select (images 512-1023)": slice(512, 1024)}
 
@@ -53,10 +54,10 @@ def main() -> None:
     model = DualToken.from_pretrained(args.model).eval()
     images, labels = load_split(ensure_tinyworld(splits=("eval",))["eval"])
     x, y = to_tensor(images), torch.as_tensor(labels)
-    trunk, head = load_teacher()
+    trunk, head = load_shape_classifier()  # the teacher the shipped tokenizers distilled from
     out = {}
     for name, part in HALVES.items():
-        result = evaluate_codes(model, batches(x[part], y[part]), head=head, teacher=trunk)
+        result = evaluate_codes(model, batches(x[part], y[part]), semantic=class_score(head, "teacher-head", trunk))
         if args.depths:
             result["by_depth"] = depth_curve(model, x[part])
         out[name] = result

@@ -64,11 +64,11 @@ from dualtoken_lite.notebook_runtime import FIGURES_DIR, Figures, RunRecord, sta
 from dualtoken_lite.tinyworld.drawing import make_batch, to_tensor
 from dualtoken_lite.tinyworld.paths import DATA_ROOT
 from dualtoken_lite.tinyworld.shards import write_split_shard
-from dualtoken_lite.tinyworld.teacher import load_teacher
 from dualtoken_lite.tools.ablation import run_ablation
 from dualtoken_lite.training.arguments import parse_args
 from dualtoken_lite.training.logs import read_metrics
 from dualtoken_lite.training.loop import run
+from dualtoken_lite.unified.judge import load_shape_classifier
 
 FULL = start(seed=0)
 figures = Figures("05_losses")
@@ -77,7 +77,7 @@ STEPS, BATCH, TRAIN_IMAGES, EVAL_IMAGES = 240, 16, 4096, 512  # the budget of ev
 GAN_START = STEPS // 3  # the discriminator switches on here in the "gan" run
 SEEDS = (0, 1)
 x_eval = to_tensor(make_batch(0, EVAL_IMAGES, "eval")[0])  # (B, 3, 64, 64) in [-1, 1], the held-out images
-teacher_trunk, teacher_head = load_teacher(None)  # the tiny world's shipped teacher (data/teacher)
+teacher_trunk, teacher_head = load_shape_classifier()  # the teacher these runs distilled from (a shape classifier)
 
 # %% [markdown]
 # ## 1. Three terms, built inline

@@ -43,15 +43,16 @@ from IPython.display import clear_output, display
 from dualtoken_lite.datasets.images import make_grid_image
 from dualtoken_lite.evaluation.loop import evaluate_codes
 from dualtoken_lite.evaluation.metrics import CodeUsage, psnr
+from dualtoken_lite.evaluation.zero_shot import class_score
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence, to_lm_sequence
 from dualtoken_lite.notebook_runtime import Figures, start
 from dualtoken_lite.presets import model_preset
 from dualtoken_lite.tinyworld.drawing import CLASSES, make_batch, to_tensor
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
-from dualtoken_lite.tinyworld.teacher import load_teacher
 from dualtoken_lite.training.arguments import parse_args
 from dualtoken_lite.training.loop import run
+from dualtoken_lite.unified.judge import load_shape_classifier
 
 FULL = start(seed=0)
 figures = Figures("06_end_to_end")
@@ -63,7 +64,7 @@ if FULL:  # the main job, exactly: the trainer's defaults for --preset tiny
 else:
     model_dir = TOKENIZER_DIR
 model = DualToken.from_pretrained(model_dir).eval()
-trunk, head = load_teacher(None)  # the shipped teacher (data/teacher): its head reads pooled embeddings
+trunk, head = load_shape_classifier()  # the teacher data/tokenizer/ distilled from: its head reads pooled embeddings
 print(f"tokenizer from {model_dir}")
 
 # %% [markdown]
@@ -82,7 +83,7 @@ images, labels = make_batch(0, EVAL_IMAGES, "eval")
 x, y = to_tensor(images), torch.as_tensor(labels)  # (B, 3, 64, 64) in [-1, 1], (B,)
 with torch.no_grad():
     result = evaluate_codes(model, [{"image": x[i:i + 64], "label": y[i:i + 64]} for i in range(0, EVAL_IMAGES, 64)],
-                            head=head, teacher=trunk)
+                            semantic=class_score(head, "teacher-head", reference=trunk))
 for key in ("psnr", "psnr_luma", "psnr_chroma", "ssim", "semantic_accuracy", "teacher_accuracy"):
     print(f"{key:18s} {result[key]:.4f}")
     figures.check(f"main_job/{key}", result[key], tol=0.01 if key.endswith("accuracy") or key == "ssim" else 0.3)

@@ -1,4 +1,6 @@
-"""The shipped tiny tokenizer (data/tokenizer/, what `make demo` writes) reproduces its card's and README's figures."""
+"""The shipped tiny tokenizer (data/tokenizer/, what `make demo` writes) reproduces its card's and README's figures.
+
+It was trained on the shape classifier (data/unified/shape_classifier/), whose head scores its semantic figure."""
 
 import json
 from pathlib import Path
@@ -8,8 +10,9 @@ import torch
 
 from dualtoken_lite import DualToken
 from dualtoken_lite.evaluation.loop import evaluate_codes
-from dualtoken_lite.tinyworld import TEACHER_DIR, ensure_tinyworld, load_split, to_tensor
-from dualtoken_lite.tinyworld.teacher import load_teacher
+from dualtoken_lite.evaluation.zero_shot import class_score
+from dualtoken_lite.tinyworld import ensure_tinyworld, load_split, to_tensor
+from dualtoken_lite.unified.judge import load_shape_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "data" / "tokenizer"
@@ -26,9 +29,9 @@ def figures() -> dict:
     model = DualToken.from_pretrained(TOKENIZER)
     images, labels = load_split(ensure_tinyworld(splits=("eval",))["eval"])
     x, y = to_tensor(images[:512]), torch.as_tensor(labels[:512])
-    trunk, head = load_teacher(TEACHER_DIR)
+    trunk, head = load_shape_classifier()
     batches = [{"image": x[i : i + 32], "label": y[i : i + 32]} for i in range(0, 512, 32)]
-    return evaluate_codes(model, batches, head=head, teacher=trunk)
+    return evaluate_codes(model, batches, semantic=class_score(head, "teacher-head", reference=trunk))
 
 
 @pytest.mark.parametrize("key", ["psnr", "psnr_luma", "psnr_chroma", "ssim", "semantic_accuracy",

@@ -1,13 +1,21 @@
-"""Train the tiny world's teacher and ship it: ``python -m dualtoken_lite teacher`` (docs/method.md §9).
+"""Train the tiny world's teacher, a tiny SigLIP, on captioned images: ``python -m dualtoken_lite teacher --out DIR``.
 
-The teacher (the model and how it loads: ``tinyworld/teacher.py``) is the tiny preset's trunk plus a class head,
-trained from scratch on the tiny world's procedural shapes. Why it learns in minutes where a plain run stalled near
-chance: mostly the data (the shape is always the light figure on a darker ground, ``tinyworld.light_figure``);
-then the recipe: a pool of drawn samples, each seen under a random flip/rotation by 90 degrees (the classes are
-symmetric under them), batch 64, AdamW with a linear warmup and a cosine decay, label smoothing, gradient
-clipping, and bfloat16 autocast on the CPU. Shipped result: 98.3 % held-out (raw-pixel linear probe: 31.5 %)
-after 21 minutes on one CPU thread. ``OMP_NUM_THREADS=1 python -m dualtoken_lite teacher --threads 1`` remakes
-the shipped weights.
+The model and how it loads: ``tinyworld/teacher.py``; the captions: ``tinyworld/captions.py``; the loss:
+``losses/siglip.py``. The recipe, step by step:
+
+    images   a pool of ``pool_size`` drawn training samples (train split 0 .. pool_size - 1), each step a random
+             batch of them, each image under a random flip / quarter turn (``dihedral``; ``augment="none"`` off)
+    texts    one of each image's captions, at random; its position words turned with the image
+             (``captions.turn_values``), so the caption stays true of what the model sees
+    loss     the sigmoid loss with learnable t' and b (SigLIP's init log 10, -10); ``positives="attributes"``
+             counts every caption of the batch that is true of an image as a positive for it (a partial caption
+             such as "a star" fits every star), ``"diagonal"`` is SigLIP's identity labels
+    optim    AdamW, linear warmup then cosine, gradient clipping, bfloat16 autocast on the CPU
+
+It writes into a run folder (``--out``), never over the shipped ``data/teacher/``: copy a run there by hand after
+reading its card. The card (``teacher.json``) holds the command, wall time, threads, load average and the figures
+of ``measure_teacher``, measured on the saved float16 weights with images 0-511 of the eval shard. Held-out
+accuracies logged during training use eval images 512-1023 (the half recipes are chosen on).
 """
 
 from __future__ import annotations
@@ -15,21 +23,42 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from dualtoken_lite.tinyworld.drawing import CLASSES, make_batch, to_tensor
-from dualtoken_lite.tinyworld.paths import TEACHER_DIR, TINYWORLD_ROOT
-from dualtoken_lite.tinyworld.shards import ensure_tinyworld, load_split
-from dualtoken_lite.tinyworld.teacher import CARD_FILE, WEIGHTS_FILE, Teacher, accuracy, load_teacher
+from dualtoken_lite.evaluation.probes import measure_teacher
+from dualtoken_lite.evaluation.zero_shot import attribute_accuracy, attribute_heads, attribute_labels
+from dualtoken_lite.losses.siglip import SigmoidLoss
+from dualtoken_lite.settings import ConfigError
+from dualtoken_lite.tinyworld.captions import (
+    CAPTIONS_PER_IMAGE,
+    CLASSIFIED,
+    FIELDS,
+    FRAMES,
+    CaptionPlan,
+    attribute_values,
+    claim_code,
+    counterfactual,
+    image_code,
+    one_attribute_caption,
+    plan_captions,
+    render,
+    turn_values,
+)
+from dualtoken_lite.tinyworld.drawing import make_samples, to_tensor
+from dualtoken_lite.tinyworld.paths import TEACHER_DIR
+from dualtoken_lite.tinyworld.teacher import TextConfig, TinySigLIP, save_teacher
+from dualtoken_lite.tinyworld.vocabulary import PAD, VOCABULARY
 from dualtoken_lite.training.optim import build_schedule, decay_groups
+
+AUGMENTS = ("dihedral", "none")
+POSITIVES = ("attributes", "ignore", "diagonal")
 
 
 @dataclass
@@ -37,97 +66,193 @@ class TeacherConfig:
     """How the teacher is trained."""
 
     steps: int = 2800  # optimizer steps
-    batch_size: int = 64  # images per step (small batches learn more per image here)
+    batch_size: int = 128  # images per step
+    captions_per_image: int = 1  # captions of each image in a step (distinct ones, of its CAPTIONS_PER_IMAGE)
+    hard_negatives: int = 1  # per caption, this many copies with one named attribute changed, each a different
+    #                          attribute (as many as it names at most): false of its image
+    full_caption: bool = True  # each image's captions of a step include its first one, which names everything
+    hue_jitter: bool = False  # turn the hue of images whose captions of the step name no colour (they stay true)
+    shape_first: int = 0  # steps at the start whose captions name the shape alone (matches as positives)
+    prompts: bool = False  # add to each step's texts one caption per value of each attribute, naming it alone
     peak_lr: float = 1e-3  # AdamW learning rate at the end of the warmup
     warmup_steps: int = 150  # linear warmup from 0 to peak_lr
     final_lr_ratio: float = 0.02  # the cosine decays to peak_lr * final_lr_ratio
     weight_decay: float = 0.05  # AdamW decoupled weight decay on matrices (none on biases, norms, embeddings)
     betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas
-    label_smoothing: float = 0.1  # cross-entropy label smoothing
     grad_clip: float = 1.0  # max global gradient norm
-    pool_size: int = 49152  # training images generated up front (train split samples 0 .. pool_size-1)
+    text_lr: float = 1.0  # the text tower learns at this multiple of the learning rate
+    scale_bias_lr: float = 30.0  # t' and b learn at this multiple of the learning rate: from SigLIP's init (t = 10,
+    #                              b = -10) they would move about 1e-3 a step, far too slow for a few thousand steps
+    pool_size: int = 49152  # training images drawn up front (train split samples 0 .. pool_size - 1)
+    augment: str = "dihedral"  # "dihedral": a random flip / quarter turn per image, position words turned along
+    positives: str = "attributes"  # a caption true of another image of the batch is, to that image: a positive
+    #                                ("attributes"), left out of the loss ("ignore"), or a negative ("diagonal": SigLIP's)
+    text_layers: int = 2  # blocks of the text transformer (its width is the image tower's)
+    text_pool: str = "eos"  # the caption embedding: the text tower's output at <end>, or its mean over the words
+    token_init: float = 0.02  # std of the text tower's word embeddings at init
     bf16: bool = True  # bfloat16 autocast for the forward pass (about 1.5x faster on AVX-512 CPUs)
     seed: int = 0  # seeds the weights and the batch order
     threads: int = 1  # torch CPU threads
-    eval_every: int = 200  # steps between held-out accuracy checks on the eval shard (logged, never selected on)
+    eval_every: int = 200  # steps between held-out zero-shot checks on eval images 512-1023 (logged only)
 
 
-def dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A random one of the 8 flips/90-degree rotations per image (every shape class is symmetric under them)."""
-    k = torch.randint(0, 8, (images.shape[0],), generator=generator)
+def validate_teacher_config(cfg: TeacherConfig) -> TeacherConfig:
+    """Refuse a config that cannot train, naming the value and the fix."""
+    if cfg.augment not in AUGMENTS:
+        raise ConfigError(f"augment={cfg.augment!r}: choose one of {AUGMENTS}")
+    if cfg.positives not in POSITIVES:
+        raise ConfigError(f"positives={cfg.positives!r}: choose one of {POSITIVES}")
+    for name in ("steps", "batch_size", "pool_size", "threads", "text_layers", "eval_every", "captions_per_image"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 1")
+    if cfg.captions_per_image > CAPTIONS_PER_IMAGE:
+        raise ConfigError(f"captions_per_image={cfg.captions_per_image}: an image has {CAPTIONS_PER_IMAGE} captions")
+    if cfg.batch_size > cfg.pool_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} exceeds pool_size={cfg.pool_size}; draw a larger pool")
+    return cfg
+
+
+def dihedral(images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Each image (B, 3, h, w) under its code (B,) in 0..7: code % 4 quarter turns (torch.rot90 over h, w), then a
+    left-right mirror when code >= 4. The shape classes are symmetric under them; positions move (captions.py)."""
     out = images.clone()
     for code in range(8):
-        sel = k == code
+        sel = codes == code
         if sel.any():
             x = torch.rot90(images[sel], code % 4, dims=(2, 3))
             out[sel] = x.flip(3) if code >= 4 else x
     return out
 
 
-def generate_pool(count: int, workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train-split samples 0 .. count-1 as uint8 (B, h, w, 3) and labels (B,), generated in ``workers`` processes."""
+def turn_hue(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Turn each image's colours (B, 3, h, w) in [-1, 1] about the grey axis by its angle (B,) in radians: a hue
+    rotation that keeps every grey grey and the mean of R, G, B (Rodrigues' rotation about (1, 1, 1) / sqrt 3)."""
+    u = torch.full((3,), 3**-0.5)
+    cross = torch.tensor([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])  # [u]_x
+    cos, sin = angles.cos()[:, None, None], angles.sin()[:, None, None]
+    rotation = cos * torch.eye(3) + sin * cross + (1 - cos) * torch.outer(u, u)  # (B, 3, 3)
+    rgb = (images + 1) / 2  # [0, 1]
+    out = torch.einsum("bij,bjhw->bihw", rotation, rgb)
+    return out.clamp(0, 1) * 2 - 1
+
+
+def draw_pool(count: int, split: str = "train", workers: int = 1) -> tuple[np.ndarray, list[dict]]:
+    """Samples 0 .. count-1 of a split (images uint8 (B, h, w, 3), descriptions), drawn in ``workers`` processes."""
     chunk = 2048
-    starts = list(range(0, count, chunk))
-    jobs = [(s, min(chunk, count - s), "train") for s in starts]
+    jobs = [(s, min(chunk, count - s), split) for s in range(0, count, chunk)]
     if workers > 1:
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(workers) as pool:
-            parts = pool.starmap(make_batch, jobs)
+            parts = pool.starmap(make_samples, jobs)
     else:
-        parts = [make_batch(*job) for job in jobs]
-    return torch.from_numpy(np.concatenate([p[0] for p in parts])), torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        parts = [make_samples(*job) for job in jobs]
+    return np.concatenate([p[0] for p in parts]), [m for p in parts for m in p[1]]
 
 
-def pixel_probe_accuracy(train_count: int = 2048, eval_images: np.ndarray | None = None,
-                         eval_labels: np.ndarray | None = None) -> dict:
-    """A raw-pixel linear probe: ridge regression to one-hot labels on train samples, top-1 on eval images.
+class CaptionedPool:
+    """Drawn images with their attribute values and caption plans; ``batch`` makes one training batch."""
 
-    The ridge strength is picked on 1,024 further train samples; the (N x N) dual system is solved in float64.
-    """
-    images, labels = make_batch(0, train_count + 1024, "train")
-    x = to_tensor(images).flatten(1)  # (N, 3 h w) raw pixels in [-1, 1]
-    mean = x[:train_count].mean(0)
-    x = x - mean
-    xt, xv = x[:train_count], x[train_count:]
-    y = F.one_hot(torch.from_numpy(labels[:train_count]), len(CLASSES)).double()
-    gram = (xt @ xt.T).double()  # (N, N)
-    scale = gram.diagonal().mean().item()
-    best = None
-    for lam in (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0):
-        alpha = torch.linalg.solve(gram + lam * scale * torch.eye(train_count, dtype=gram.dtype), y)
-        weights = xt.T @ alpha.float()  # (3 h w, classes)
-        acc = float(((xv @ weights).argmax(1).numpy() == labels[train_count:]).mean())
-        if best is None or acc > best[1]:
-            best = (lam, acc, weights)
-    lam, val_acc, weights = best
-    result = {"train_count": train_count, "ridge": lam, "val_accuracy": val_acc}
-    if eval_images is not None:
-        xe = to_tensor(eval_images).flatten(1) - mean
-        result["eval_accuracy"] = float(((xe @ weights).argmax(1).numpy() == eval_labels).mean())
-    return result
+    def __init__(self, images: np.ndarray, metas: list[dict]):
+        self.images = torch.from_numpy(images)  # (N, h, w, 3) uint8
+        self.values = [attribute_values(m) for m in metas]
+        self.plans = [plan_captions(m) for m in metas]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator, augment: bool, captions: int = 1,
+              hard_negatives: int = 0, full_caption: bool = False, hue_jitter: bool = False,
+              only: tuple[str, ...] | None = None, prompts: bool = False) -> dict:
+        """Images (B, 3, h, w) in [-1, 1] (turned when ``augment``), ``captions`` distinct captions of each as ids
+        (T, L) with their owners (T,), and the attribute codes of the images (B, F) and of the captions (T, F) that
+        decide which pairs match. ``hard_negatives`` appends one counterfactual per caption (owner -1), T = 2 B c."""
+        B = len(idx)
+        order = torch.rand(B, CAPTIONS_PER_IMAGE, generator=generator)
+        if full_caption:
+            order[:, 0] = -1.0  # caption 0 (it names everything nameable) comes first
+        slots = order.argsort(1)[:, :captions]  # (B, captions)
+        codes = torch.randint(0, 8, (B,), generator=generator) if augment else torch.zeros(B, dtype=torch.long)
+        images = to_tensor(self.images[idx].numpy())  # (B, 3, h, w)
+        if augment:
+            images = dihedral(images, codes)
+        values = [turn_values(self.values[i], int(c)) for i, c in zip(idx.tolist(), codes)]
+        plans = [(v, self.plans[i][int(s)]) for v, i, row in zip(values, idx.tolist(), slots) for s in row]
+        if only is not None:  # the same wordings, naming only these attributes
+            plans = [(v, CaptionPlan(plan.frame, only)) for v, plan in plans]
+        image_keys = torch.from_numpy(np.stack([image_code(v) for v in values]))  # (B, F)
+        if hue_jitter:
+            silent = torch.tensor([all("colour" not in self.plans[i][int(s)].named for s in row)
+                                   for i, row in zip(idx.tolist(), slots)])  # (B,): no caption names the colour
+            angles = torch.rand(B, generator=generator) * 2 * np.pi
+            images[silent] = turn_hue(images[silent], angles[silent])
+            image_keys[silent, FIELDS.index("colour")] = -1  # its colour is no longer known
+        texts = [render(v, plan) for v, plan in plans]
+        owners = torch.arange(B).repeat_interleave(captions)
+        if hard_negatives:
+            rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
+            changed = [rng.permutation(plan.named)[:hard_negatives] for _, plan in plans]
+            negatives = [counterfactual(v, plan, rng, a) for (v, plan), names in zip(plans, changed) for a in names]
+            texts += negatives
+            owners = torch.cat([owners, torch.full((len(negatives),), -1)])
+        if prompts:  # every attribute value, named alone in a random wording: true of every image that has it
+            frames = torch.randint(0, len(FRAMES), (sum(len(w) for w in CLASSIFIED.values()),), generator=generator)
+            words = [(a, w) for a, values in CLASSIFIED.items() for w in values]
+            texts += [one_attribute_caption(a, w, int(f)) for (a, w), f in zip(words, frames)]
+            owners = torch.cat([owners, torch.full((len(words),), -1)])
+        tokens = VOCABULARY(texts)  # (T, CONTEXT_LENGTH)
+        tokens = tokens[:, : int((tokens != PAD).sum(1).max())]  # padding past the longest caption changes nothing
+        return {"images": images, "texts": texts, "tokens": tokens,
+                "owners": owners,
+                "image_keys": image_keys,
+                "text_keys": torch.from_numpy(np.stack([claim_code(t) for t in texts]))}
 
 
-def train_teacher(cfg: TeacherConfig, eval_images: np.ndarray, eval_labels: np.ndarray, log=print) -> Teacher:
-    """Train a Teacher from scratch with ``cfg``; log loss, learning rate and held-out accuracy as it goes."""
+def held_out_check(model: TinySigLIP, images: np.ndarray, labels: dict) -> dict[str, float]:
+    """Zero-shot accuracy per attribute on held-out images (fp32, eval mode), for the training log."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        heads = attribute_heads(model)
+        pooled = torch.cat([model.encode_image(to_tensor(images[i : i + 256])) for i in range(0, len(images), 256)])
+    model.train(was_training)
+    return attribute_accuracy(pooled, labels, heads)
+
+
+def train_teacher(cfg: TeacherConfig, pool: CaptionedPool, check_images: np.ndarray, check_labels: dict,
+                  log=print) -> TinySigLIP:
+    """Train a TinySigLIP from scratch with ``cfg`` on ``pool``; log loss, t, b and held-out zero-shot accuracy."""
+    validate_teacher_config(cfg)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    model = Teacher()
-    # weight decay on matrices only: biases, norms, position embeddings and the MAP probe are left alone
-    groups = decay_groups(model, cfg.weight_decay, no_decay=("pos_embed", "latent"))
+    model = TinySigLIP(text=TextConfig(layers=cfg.text_layers, pool=cfg.text_pool, token_init=cfg.token_init))
+    # weight decay on matrices only: biases, norms, position embeddings, the MAP probe, t' and b are left alone
+    no_decay = ("pos_embed", "latent", "positional_embedding")
+    groups = decay_groups(model.trunk, cfg.weight_decay, no_decay)
+    for group in decay_groups(model.text, cfg.weight_decay, no_decay):
+        groups.append({**group, "lr_scale": cfg.text_lr})
+    groups.append({"params": [model.logit_scale, model.logit_bias], "weight_decay": 0.0, "lr_scale": cfg.scale_bias_lr})
+    for group in groups:
+        group["lr"] = cfg.peak_lr * group.get("lr_scale", 1.0)
     optimizer = torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=cfg.betas)
     schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.steps, cfg.final_lr_ratio)
-    start = time.time()
-    pool_x, pool_y = generate_pool(cfg.pool_size, workers=cfg.threads)
-    log(f"generated {cfg.pool_size} training images in {time.time() - start:.0f} s")
+    loss_fn = SigmoidLoss(matches="ignore" if cfg.positives == "ignore" else "positive")
+    first_loss = SigmoidLoss(matches="positive")
     g = torch.Generator().manual_seed(cfg.seed)
+    start = time.time()
     model.train()
     for step in range(cfg.steps):
-        idx = torch.randint(0, cfg.pool_size, (cfg.batch_size,), generator=g)
-        x = dihedral(to_tensor(pool_x[idx].numpy()), g)  # (B, 3, h, w)
+        idx = torch.randint(0, len(pool), (cfg.batch_size,), generator=g)
+        first = step < cfg.shape_first
+        if first:
+            batch = pool.batch(idx, g, cfg.augment == "dihedral", only=("shape",))
+        else:
+            batch = pool.batch(idx, g, cfg.augment == "dihedral", cfg.captions_per_image, cfg.hard_negatives,
+                               cfg.full_caption, cfg.hue_jitter, prompts=cfg.prompts)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = model(x)  # (B, classes)
-        loss = F.cross_entropy(logits.float(), pool_y[idx], label_smoothing=cfg.label_smoothing)
+            x, y, scale, bias = model(batch["images"], batch["tokens"])  # (B, C), (B, C), t, b
+        keys = (batch["image_keys"], batch["text_keys"]) if cfg.positives != "diagonal" or first else (None, None)
+        loss = (first_loss if first else loss_fn)(x.float(), y.float(), scale, bias, *keys, owners=batch["owners"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -135,66 +260,75 @@ def train_teacher(cfg: TeacherConfig, eval_images: np.ndarray, eval_labels: np.n
         lr = schedule.get_last_lr()[0]
         schedule.step()
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            acc = accuracy(model, eval_images, eval_labels)
-            log(f"step {step + 1}/{cfg.steps}  loss {loss.item():.3f}  lr {lr:.2e}  "
-                f"eval acc {acc:.3f}  {time.time() - start:.0f} s")
-    model.eval()
-    return model
+            acc = held_out_check(model, check_images, check_labels)
+            log(f"step {step + 1}/{cfg.steps}  loss {loss.item():.3f}  t {scale.item():.1f}  b {bias.item():.2f}  "
+                f"lr {lr:.2e}  zero-shot (eval 512-1023) "
+                + " ".join(f"{a} {v:.3f}" for a, v in acc.items()) + f"  {time.time() - start:.0f} s")
+    return model.eval()
 
 
-def save_teacher(model: Teacher, card: dict, folder: str | os.PathLike = TEACHER_DIR) -> None:
-    """Write ``teacher.safetensors`` (trunk.* and head.* tensors, stored as float16 to halve the file) and
-    ``teacher.json`` (configs, figures). Measure figures on the reloaded weights: they are what ships."""
-    os.makedirs(folder, exist_ok=True)
-    weights = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, os.path.join(folder, WEIGHTS_FILE))
-    with open(os.path.join(folder, CARD_FILE), "w") as f:
-        json.dump(card, f, indent=2)
-        f.write("\n")
+def machine() -> str:
+    """The machine a card was measured on, in words."""
+    return f"{os.cpu_count()}-core {platform.processor() or platform.machine()} CPU, torch {torch.__version__}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the tiny world's teacher and ship its weights.")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite teacher",
+                                     description="Train the tiny world's teacher (a tiny SigLIP) into a run folder.")
     for name, value in asdict(TeacherConfig()).items():
         if not isinstance(value, tuple):
             kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
             parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
-    parser.add_argument("--out", default=str(TEACHER_DIR), help="folder for teacher.safetensors and teacher.json")
-    parser.add_argument("--data", default=str(TINYWORLD_ROOT), help="folder of the tiny world's shards")
+    parser.add_argument("--out", required=True, help="run folder for teacher.safetensors, teacher.json, train.log")
+    parser.add_argument("--pool-cache", default=None, help="a .npz file keeping the drawn pool between runs")
     args = vars(parser.parse_args(argv))
-    out, data = args.pop("out"), args.pop("data")
-    cfg = TeacherConfig(**args)
-    eval_images, eval_labels = load_split(ensure_tinyworld(data, splits=("eval",))["eval"])
+    out, cache = args.pop("out"), args.pop("pool_cache")
+    try:
+        cfg = validate_teacher_config(TeacherConfig(**args))
+        if os.path.abspath(out) == os.path.abspath(TEACHER_DIR):
+            raise ConfigError(f"--out {out} is the shipped teacher's folder; train into a run folder and copy it "
+                              "there after reading its card")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    os.makedirs(out, exist_ok=True)
+    log_file = open(os.path.join(out, "train.log"), "w")
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    load_before = os.getloadavg()
     start = time.time()
-    model = train_teacher(cfg, eval_images, eval_labels)
-    card = {
-        "classes": list(CLASSES),
-        "backbone": asdict(model.backbone),
-        "recipe": asdict(cfg),
-        "weights_dtype": "float16 (loaded as float32)",
-        "train_minutes": round((time.time() - start) / 60, 1),
-        "command": f"OMP_NUM_THREADS={cfg.threads} python -m dualtoken_lite teacher "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": "2-core AMD EPYC CPU (AVX-512 bf16), torch " + torch.__version__,
-    }
+    pool = CaptionedPool(*load_pool(cfg.pool_size, cfg.threads, cache))
+    log(f"drew {len(pool)} training images in {time.time() - start:.0f} s")
+    check_images, check_metas = make_samples(512, 512, "eval")  # eval shard images 512-1023: the selection half
+    model = train_teacher(cfg, pool, check_images, attribute_labels(check_metas), log=log)
+    minutes = (time.time() - start) / 60
+    command = "python -m dualtoken_lite teacher " + " ".join(sys.argv[1:] if argv is None else argv)
+    card = {"command": command, "recipe": asdict(cfg), "train_minutes": round(minutes, 1),
+            "threads": cfg.threads, "load_average_before": [round(v, 2) for v in load_before],
+            "load_average_after": [round(v, 2) for v in os.getloadavg()], "machine": machine(),
+            "weights_dtype": "float16 (loaded as float32)"}
     save_teacher(model, card, out)
-    card.update(measure_teacher(out, eval_images, eval_labels))
+    card["figures"] = measure_teacher(out)
     save_teacher(model, card, out)
-    print(json.dumps({k: v for k, v in card.items() if k not in ("backbone", "recipe")}, indent=2))
+    log(json.dumps(card["figures"], indent=2))
+    return 0
 
 
-def measure_teacher(folder: str, eval_images: np.ndarray, eval_labels: np.ndarray) -> dict:
-    """The figures the card states, measured on the shipped weights: held-out accuracy and the pixel probe."""
-    torch.set_num_threads(1)
-    model = nn.Sequential(*load_teacher(folder))
-    big_images, big_labels = make_batch(0, 8192, "eval")
-    return {
-        "eval_shard_accuracy": accuracy(model, eval_images, eval_labels),
-        "eval_shard_count": len(eval_labels),
-        "eval_8192_accuracy": accuracy(model, big_images, big_labels),
-        "pixel_probe": pixel_probe_accuracy(2048, eval_images, eval_labels),
-    }
+def load_pool(count: int, workers: int, cache: str | None) -> tuple[np.ndarray, list[dict]]:
+    """The drawn pool, from ``cache`` when it holds this many samples, else drawn (and written to ``cache``)."""
+    if cache and os.path.exists(cache):
+        with np.load(cache, allow_pickle=False) as data:
+            if len(data["images"]) == count:
+                return data["images"], json.loads(str(data["metas"]))
+    images, metas = draw_pool(count, "train", workers)
+    if cache:
+        np.savez(cache, images=images, metas=json.dumps(metas))
+    return images, metas
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -40,7 +40,15 @@ from dualtoken_lite.training.logs import (
     truncate_metrics,
     write_summary,
 )
-from dualtoken_lite.training.run_folder import Plan, RunFolderError, check_writable, clear_run, plan_start
+from dualtoken_lite.training.run_folder import (
+    TEACHER_RECORD,
+    Plan,
+    RunFolderError,
+    check_writable,
+    clear_run,
+    plan_start,
+    teacher_record,
+)
 from dualtoken_lite.training.setup import build_trainer
 from dualtoken_lite.training.steps import Trainer
 
@@ -121,6 +129,9 @@ def run(cfg: TrainConfig, hooks: RunHooks | None = None, given: set[str] | None 
         run_dir.mkdir(parents=True, exist_ok=True)
         if plan.action == "new" or plan.changed:  # a resumed run keeps its saved config, plus allowed changes
             atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
+        record = teacher_record(cfg.teacher)
+        if plan.action == "new" and record is not None:  # which teacher this run distils from (resume checks it)
+            atomic_write_text(run_dir / TEACHER_RECORD, json.dumps(record, indent=2))
         for name, (before, now) in (plan.changed or {}).items():
             print(f"resume: {name} changed from {before!r} to {now!r}", file=sys.stderr)
     dist_utils.barrier()
@@ -181,6 +192,9 @@ def run(cfg: TrainConfig, hooks: RunHooks | None = None, given: set[str] | None 
         check_finite_weights(tr.model, tr.step)
         tr.model.save_pretrained(run_dir / "model")
         summary = {**tr.final_summary(skipped), "world_size": world.world_size, "ranks_identical": identical}
+        record = teacher_record(cfg.teacher)
+        if record is not None:
+            summary["teacher_fingerprint"] = record["fingerprint"]
         if summary.get("eval"):
             logger.log(tr.step, {"eval": summary["eval"]})
         write_summary(run_dir, summary)

@@ -9,6 +9,9 @@ A run folder is never overwritten or mixed with another run by accident (docs/me
 | a run with checkpoints | refused (or ``--overwrite``) | continued from the newest | continued from the newest |
 | a finished run | refused (or ``--overwrite``) | its summary is reported | its summary is reported |
 
+A run records the teacher it distils from (``teacher.json``: the spec and a fingerprint of its weights); resuming
+with a teacher whose weights differ is refused, since the run's targets would change under it.
+
 Resuming takes the run's saved ``config.json`` as the truth. A flag given on the command line that differs from
 it is refused with both values named, except the settings listed in ``RESUMABLE``, which may change and are
 reported. A longer ``--max-steps`` stretches the cosine learning-rate schedule to the new total: the rate is
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dualtoken_lite.settings import UserError, to_dict
+from dualtoken_lite.tinyworld.teacher import teacher_fingerprint
 from dualtoken_lite.training.arguments import load_run_config
 from dualtoken_lite.training.checkpoints import latest_checkpoint, resume_point
 from dualtoken_lite.training.config import TrainConfig
@@ -33,7 +37,8 @@ from dualtoken_lite.training.config import TrainConfig
 # Settings a resumed run may change (anything else must equal the saved config).
 RESUMABLE = ("max_steps", "epochs", "log_every", "image_every", "eval_every", "eval_samples", "save_every",
              "keep_checkpoints", "tensorboard", "workers", "threads", "resume", "out", "overwrite")
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "images", "model", "events")
+RUN_FILES = ("config.json", "teacher.json", "metrics.jsonl", "summary.json", "checkpoints", "images", "model", "events")
+TEACHER_RECORD = "teacher.json"  # which teacher a run distils from: {"teacher": spec, "fingerprint": ...}
 
 
 class RunFolderError(UserError):
@@ -84,6 +89,7 @@ def plan_start(cfg: TrainConfig, given: set[str] | None = None) -> Plan:
                              ) from None
     run_dir = point.parent.parent if point.parent.name == "checkpoints" else point
     merged, changed = merge_with_saved(cfg, run_dir, given)
+    check_same_teacher(run_dir, merged.teacher)
     merged.resume = str(point)
     summary_file = run_dir / "summary.json"
     if summary_file.is_file() and (run_dir / "model").is_dir():
@@ -119,6 +125,37 @@ def merge_with_saved(cfg: TrainConfig, run_dir: Path, given: set[str] | None) ->
     take = [k for k in RESUMABLE if k in asked or k in ("resume", "out", "overwrite")]
     merged = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in take})
     return merged, changed
+
+
+def teacher_record(spec: str) -> dict | None:
+    """The record of a tiny-world teacher ("shipped" or a teacher folder): its spec and weights' fingerprint.
+
+    None for the other teachers ("backbone", a transformers SigLIP), whose weights come with the run's own config.
+    """
+    if spec != "shipped" and not (spec and Path(spec).is_dir()):
+        return None
+    try:
+        return {"teacher": spec, "fingerprint": teacher_fingerprint(None if spec == "shipped" else spec)}
+    except FileNotFoundError as err:
+        raise RunFolderError(str(err)) from None
+
+
+def check_same_teacher(run_dir: Path, spec: str) -> None:
+    """Refuse to resume a run with a teacher other than the one it was trained with (by weights, not by name)."""
+    now = teacher_record(spec)
+    if now is None:
+        return
+    saved_file = run_dir / TEACHER_RECORD
+    if not saved_file.is_file():
+        raise RunFolderError(f"--resume: {run_dir} does not say which teacher it was trained with (no "
+                             f"{TEACHER_RECORD}; it predates the tiny SigLIP teacher), so it cannot be continued "
+                             f"safely with teacher {now['fingerprint']}; start a new run with another --out")
+    saved = json.loads(saved_file.read_text())
+    if saved.get("fingerprint") != now["fingerprint"]:
+        raise RunFolderError(f"--resume: {run_dir} was trained with teacher {saved.get('fingerprint')} "
+                             f"({saved.get('teacher')}), but --teacher {spec} now holds teacher {now['fingerprint']}. "
+                             "Resume with the teacher folder the run was made with, or start a new run with "
+                             "another --out")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import ConfigError, UserError
 from dualtoken_lite.tinyworld.drawing import CLASSES
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
 from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, run_command, ship
 from dualtoken_lite.unified.judge import Judge, held_out_images
@@ -42,7 +42,7 @@ class GeneratorTrainConfig:
     """One generator's run."""
 
     out: str = "runs/unified/generator-both-s0"  # run folder (config.json, metrics.jsonl, checkpoints/, model/)
-    tokenizer: str = str(TOKENIZER_DIR)  # the save_pretrained tokenizer folder whose codes it models and decodes
+    tokenizer: str = str(UNIFIED_TOKENIZER_DIR)  # the save_pretrained tokenizer folder whose codes it models and decodes
     cache_dir: str = "runs/unified/cache"  # where the encoded token caches live (made on first use)
     train_count: int = 16384  # training images: train split samples 0 .. train_count-1
     reference_count: int = 1024  # held-out reference images for the Frechet distance: eval 0 .. reference_count-1

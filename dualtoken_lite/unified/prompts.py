@@ -26,7 +26,7 @@ from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence
 from dualtoken_lite.settings import ConfigError, UserError
 from dualtoken_lite.tinyworld.drawing import CLASSES
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.unified.judge import decode_depths, to_uint8
 from dualtoken_lite.unified.token_cache import fingerprint
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", nargs="+", required=True, help=f"class name(s): {', '.join(CLASSES)}")
     parser.add_argument("--num", type=int, default=16, help="images per prompt")
     parser.add_argument("--out", required=True, help="folder for the PNGs, a grid.png and samples.json")
-    parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR), help="the tokenizer folder that decodes")
+    parser.add_argument("--tokenizer", default=str(UNIFIED_TOKENIZER_DIR), help="the tokenizer folder that decodes")
     defaults = SamplingConfig()
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--top-k", type=int, default=defaults.top_k)

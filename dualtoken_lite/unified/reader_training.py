@@ -22,7 +22,7 @@ import torch
 
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import ConfigError, UserError
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, run_command, ship
 from dualtoken_lite.unified.questions import QUESTION_NAMES, majority_baseline
 from dualtoken_lite.unified.reader import Reader, ReaderConfig
@@ -34,7 +34,7 @@ class ReaderTrainConfig:
     """One reader's run."""
 
     out: str = "runs/unified/reader-both-s0"  # run folder (config.json, metrics.jsonl, checkpoints/, model/)
-    tokenizer: str = str(TOKENIZER_DIR)  # the save_pretrained tokenizer folder whose codes the reader reads
+    tokenizer: str = str(UNIFIED_TOKENIZER_DIR)  # the save_pretrained tokenizer folder whose codes the reader reads
     cache_dir: str = "runs/unified/cache"  # where the encoded token caches live (made on first use)
     train_count: int = 16384  # training images: train split samples 0 .. train_count-1
     eval_count: int = 1024  # held-out images: eval split samples 0 .. eval_count-1
