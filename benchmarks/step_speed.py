@@ -1,8 +1,8 @@
 """How much faster one training step is with each speed lever of ``TrainConfig``, as a ratio to today's step.
 
-The step is the one ``training.loop`` takes: ``generator_micro_step`` (forward, every loss, backward) +
+The step is the one ``training.loop`` takes: ``tokenizer_micro_step`` (forward, every loss, backward) +
 ``optimizer_step`` (AdamW + schedule) + ``model.update_codebooks()`` (the EMA update), at the "matched config"
-of issue 14: ViT width 192, 6 blocks, 3 heads, patch 8, 64 px; taps pixel 2 / shortcut 1 / semantic 5; code dim
+(the original release's model built small): ViT width 192, 6 blocks, 3 heads, patch 8, 64 px; taps pixel 2 / shortcut 1 / semantic 5; code dim
 32, depth 4, K 1,024 on both branches; decoder base 32, multipliers (2, 2, 1, 1), 2 + 1 ResBlocks per level,
 128 input channels; batch 16; MSE + commitments + distillation from a frozen copy of the tower (no LPIPS, no GAN).
 
@@ -72,7 +72,7 @@ def build_step(levers: dict[str, str]):
     batch = next(tr.batches())  # (B, 3, 64, 64): the same batch every step
 
     def step() -> None:
-        tr.generator_micro_step(tr.model, batch, scale=1.0)
+        tr.tokenizer_micro_step(tr.model, batch, scale=1.0)
         tr.optimizer_step()
         tr.model.update_codebooks()
 

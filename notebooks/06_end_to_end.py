@@ -44,10 +44,10 @@ from dualtoken_lite.datasets.images import make_grid_image
 from dualtoken_lite.evaluation.loop import evaluate_codes
 from dualtoken_lite.evaluation.metrics import CodeUsage, psnr
 from dualtoken_lite.evaluation.zero_shot import class_score
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence, to_lm_sequence
 from dualtoken_lite.notebook_runtime import Figures, start
-from dualtoken_lite.presets import model_preset
 from dualtoken_lite.tinyworld.drawing import CLASSES, make_batch, to_tensor
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.training.arguments import parse_args

@@ -1,6 +1,7 @@
 """The tiny world's teacher, a tiny SigLIP: the shipped weights reproduce their card, a random one is at chance,
 loading is strict, training runs, and runs refuse to resume with another teacher."""
 
+import dataclasses
 import json
 import os
 
@@ -10,15 +11,19 @@ import torch
 
 from dualtoken_lite.evaluation.probes import measure_teacher
 from dualtoken_lite.evaluation.zero_shot import attribute_accuracy, attribute_heads, attribute_labels
+from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.tinyworld import teacher as T
 from dualtoken_lite.tinyworld.captions import CLASSIFIED
 from dualtoken_lite.tinyworld.drawing import make_samples, to_tensor
 from dualtoken_lite.tinyworld.paths import SHAPE_CLASSIFIER_DIR
 from dualtoken_lite.tools import teacher as TT
-from dualtoken_lite.training.run_folder import (
+from dualtoken_lite.training.loop import TOKENIZER_RUNS
+from dualtoken_lite.training.presets import preset
+from dualtoken_lite.training.run_folder import RunFolder, RunFolderError
+from dualtoken_lite.training.teacher_record import (
     TEACHER_RECORD,
-    RunFolderError,
     check_same_teacher,
+    record_text,
     teacher_record,
 )
 
@@ -118,6 +123,29 @@ def test_a_resumed_run_refuses_another_teacher(tmp_path):
     with pytest.raises(RunFolderError, match="does not say which teacher"):
         check_same_teacher(run, str(first))
     check_same_teacher(run, "backbone")  # a paper-scale teacher comes with the run's own config
+
+
+def test_a_tokenizer_run_records_its_teacher_and_a_resume_with_other_weights_is_refused(tmp_path):
+    """Through the tokenizer trainer's run-folder rules: teacher.json is written at begin (not before), and a resume
+    whose --teacher folder now holds other weights is refused before anything is written, naming both."""
+    torch.manual_seed(0)
+    teacher, run = tmp_path / "teacher", tmp_path / "run"
+    first = T.save_teacher(T.TinySigLIP(), {}, teacher)
+    cfg = dataclasses.replace(preset("tiny"), out=str(run), teacher=str(teacher))
+    with RunFolder(cfg, TOKENIZER_RUNS) as folder:
+        assert not (run / TEACHER_RECORD).exists()  # nothing is written before begin
+        folder.begin(record_text(cfg.teacher))
+        assert json.loads((run / TEACHER_RECORD).read_text()) == {"teacher": str(teacher), "fingerprint": first}
+        folder.save_checkpoint(1, DualToken(cfg.model), {}, keep=1)
+    again = dataclasses.replace(cfg, resume="auto")
+    with RunFolder(again, TOKENIZER_RUNS) as folder:
+        assert folder.plan.action == "resume"  # the same weights: the run goes on
+    second = T.save_teacher(T.TinySigLIP(), {}, teacher)  # the same folder now holds other weights
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(RunFolderError, match=f"trained with teacher {first} .* now holds teacher {second}"):
+        with RunFolder(again, TOKENIZER_RUNS):
+            pass
+    assert sorted(p.name for p in run.iterdir()) == before
 
 
 def test_dihedral_applies_the_symmetry_each_code_names():

@@ -37,6 +37,6 @@ from dualtoken_lite.tinyworld.shards import (
 __all__ = [
     "BACKGROUNDS", "CLASSES", "DEFAULT_COUNTS", "FILLS", "PHOTOS", "SPLITS", "TEACHER_DIR", "TINYWORLD_ROOT",
     "TinyWorldConfig", "encode_png", "ensure_tinyworld", "load_split", "make_batch", "make_sample",
-    "make_sample_with_mask", "resolve_data", "sample_rng", "shape_mask", "shape_outlines", "to_tensor",
+    "make_sample_with_mask", "sample_rng", "shape_mask", "shape_outlines", "to_tensor",
     "write_shards", "write_split_shard",
 ]

@@ -57,11 +57,6 @@ def describe(description: dict) -> list[int]:
     return labels
 
 
-def accuracy_per_question(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """logits (B, Q, NUM_ANSWERS), labels (B, Q) answer ids -> {question: top-1 accuracy over the B images}."""
-    hits = (logits.argmax(-1) == labels).float().mean(0)  # (Q,)
-    return {name: float(hits[q]) for q, name in enumerate(QUESTION_NAMES)}
-
 
 def majority_baseline(train_labels: torch.Tensor, eval_labels: torch.Tensor) -> dict[str, float]:
     """Accuracy of always answering a question's most frequent training answer (what a blind reader scores)."""
