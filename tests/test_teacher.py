@@ -12,6 +12,7 @@ import torch
 from dualtoken_lite.evaluation.probes import measure_teacher
 from dualtoken_lite.evaluation.zero_shot import attribute_accuracy, attribute_heads, attribute_labels
 from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.settings import run_cli
 from dualtoken_lite.tinyworld import teacher as T
 from dualtoken_lite.tinyworld.captions import CLASSIFIED
 from dualtoken_lite.tinyworld.drawing import make_samples, to_tensor
@@ -156,11 +157,20 @@ def test_dihedral_applies_the_symmetry_each_code_names():
     assert torch.equal(out[1], torch.rot90(x[1], 2, dims=(1, 2)).flip(2))
 
 
-def test_bad_settings_and_the_shipped_folder_are_refused(tmp_path, capsys):
-    assert TT.main(["--out", str(tmp_path / "r"), "--augment", "mirror"]) == 2
-    assert "augment='mirror'" in capsys.readouterr().err
-    assert TT.main(["--out", str(T.TEACHER_DIR)]) == 2
-    assert "shipped teacher's folder" in capsys.readouterr().err
+def test_bad_settings_and_the_shipped_folder_are_refused_before_anything_is_written(tmp_path, capsys):
+    shipped = sorted(T.TEACHER_DIR.rglob("*")) if T.TEACHER_DIR.exists() else None
+    for args, fragment in [(["--augment", "mirror"], "augment='mirror'"),
+                           (["--batch-size", "32", "--pool-size", "16"], "batch_size=32 exceeds pool_size=16"),
+                           (["--peak-lr", "inf"], "peak_lr"),
+                           (["--save-every", "-1"], "save_every=-1 must be >= 0")]:
+        assert run_cli(TT.main, ["--out", str(tmp_path / "r"), *args]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err, err
+        assert not (tmp_path / "r").exists()
+    for args in (["--out", str(T.TEACHER_DIR)], ["--out", str(T.TEACHER_DIR / "run")], ["--resume", str(T.TEACHER_DIR)]):
+        assert run_cli(TT.main, args) == 2
+        assert "shipped teacher's folder" in capsys.readouterr().err
+    assert (sorted(T.TEACHER_DIR.rglob("*")) if T.TEACHER_DIR.exists() else None) == shipped  # not even a lock
 
 
 def test_a_few_training_steps_run_and_log_zero_shot_accuracy():
@@ -172,3 +182,114 @@ def test_a_few_training_steps_run_and_log_zero_shot_accuracy():
                              log=lines.append)
     assert not model.training and any("zero-shot" in line and "background" in line for line in lines)
     assert model.logit_bias.item() != -10.0  # t' and b learn
+
+
+# ------------------------------------------------------------------------------------------ the teacher's run folder
+TINY = ["--steps", "4", "--batch-size", "8", "--pool-size", "16", "--warmup-steps", "2", "--eval-every", "2",
+        "--eval-count", "8", "--save-every", "2", "--threads", "1"]  # seconds, not minutes
+
+
+@pytest.fixture
+def quick_card(monkeypatch):
+    """The card's figures as zero-shot accuracy on 16 eval images: measure_teacher's probes read 4,096 training
+    images (about a minute), and these tests are about the run folder, not the figures."""
+    def zero_shot_only(folder):
+        model = T.load_teacher(folder)
+        images, metas = make_samples(0, 16, "eval")
+        with torch.no_grad():
+            pooled = model.encode_image(to_tensor(images))
+        return {"zero_shot": attribute_accuracy(pooled, attribute_labels(metas), attribute_heads(model))}
+
+    monkeypatch.setattr(TT, "measure_teacher", zero_shot_only)
+
+
+def same_tensors(a, b) -> bool:
+    """Nested dicts / lists / tuples of tensors and plain values, equal exactly."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_a_stopped_teacher_run_continues_bit_identically_with_the_command_it_prints(tmp_path, capsys, monkeypatch,
+                                                                                    quick_card):
+    import signal
+
+    from safetensors.torch import load_file
+
+    solo, stop = tmp_path / "solo", tmp_path / "stop"
+    assert run_cli(TT.main, [*TINY, "--out", str(solo)]) == 0
+    capsys.readouterr()
+    batch, calls = TT.CaptionedPool.batch, {"n": 0}
+
+    def stopped_in_step_3(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, as a scheduler's would
+        return batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(TT.CaptionedPool, "batch", stopped_in_step_3)
+    assert run_cli(TT.main, [*TINY, "--out", str(stop)]) == 4
+    err = capsys.readouterr().err
+    assert (f"stopped by SIGTERM after step 3: checkpoint {stop / 'checkpoints' / 'step_00000003'}; continue the run "
+            f"with: python -m dualtoken_lite teacher --out {stop} --resume auto") in err
+    assert not (stop / "model").exists() and not (stop / "summary.json").exists()
+    monkeypatch.setattr(TT.CaptionedPool, "batch", batch)
+    assert run_cli(TT.main, ["--out", str(stop), "--resume", "auto"]) == 0  # that command: the rest comes from config.json
+    assert "resumed" in capsys.readouterr().out
+
+    for run in (solo, stop):  # a teacher folder the tokenizer trainer takes as --teacher RUN/model
+        assert T.load_teacher(run / "model").encode_image(torch.zeros(1, 3, 64, 64)).shape == (1, 128)
+    assert same_tensors(load_file(str(solo / "model" / T.WEIGHTS_FILE)), load_file(str(stop / "model" / T.WEIGHTS_FILE)))
+    for step in ("step_00000004",):  # the last checkpoint: float32 weights and the whole training state
+        a, b = (solo / "checkpoints" / step, stop / "checkpoints" / step)
+        assert same_tensors(load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors")))
+        assert same_tensors(*(torch.load(r / "training_state.pt", weights_only=True) for r in (a, b)))
+    metrics = [[{k: v for k, v in json.loads(line).items()} for line in (r / "metrics.jsonl").read_text().splitlines()]
+               for r in (solo, stop)]
+    assert metrics[0] == metrics[1] and [m["step"] for m in metrics[0]] == [2, 4]
+    summaries = [json.loads((r / "summary.json").read_text()) for r in (solo, stop)]
+    assert summaries[0]["fingerprint"] == summaries[1]["fingerprint"] == T.teacher_fingerprint(solo / "model")
+    assert summaries[0]["step"] == 4 and summaries[0]["figures"] == summaries[1]["figures"]
+
+
+def test_a_teacher_run_keeps_the_run_folder_promises(tmp_path, capsys, monkeypatch, quick_card):
+    import signal
+
+    from dualtoken_lite.training.run_lock import LOCK_NAME, RunLock
+
+    run, held = tmp_path / "run", tmp_path / "held"
+    lock = RunLock(held)  # another process training there (this one, as far as the lock can tell)
+    lock.acquire("python -m dualtoken_lite teacher --out held")
+    assert run_cli(TT.main, [*TINY, "--out", str(held)]) == 2
+    assert f"in use by another run: PID {os.getpid()}" in capsys.readouterr().err
+    assert [p.name for p in held.iterdir()] == [LOCK_NAME]  # the holder's folder is as it was
+    lock.release()
+
+    load_pool = TT.load_pool
+
+    def interrupted(*args):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the pool is drawn, before training began
+        return load_pool(*args)
+
+    monkeypatch.setattr(TT, "load_pool", interrupted)
+    assert run_cli(TT.main, [*TINY, "--out", str(run)]) == 130
+    assert "before training began" in capsys.readouterr().err and not run.exists()  # nothing was written
+    monkeypatch.setattr(TT, "load_pool", load_pool)
+
+    assert run_cli(TT.main, [*TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert run_cli(TT.main, [*TINY, "--out", str(run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert run_cli(TT.main, ["--out", str(run), "--resume", "auto", "--peak-lr", "0.01"]) == 2
+    assert "--peak-lr: the run has 0.001, the command line 0.01" in capsys.readouterr().err
+    assert run_cli(TT.main, ["--out", str(run), "--resume", "auto"]) == 0
+    assert "holds a finished teacher run" in capsys.readouterr().err
+    assert run_cli(TT.main, ["--resume", str(run), "--steps", "5"]) == 0  # no --out: the run's own folder
+    assert "steps changed from 4 to 5" in capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["step"] == 5
+    assert run_cli(TT.main, [*TINY, "--out", str(run), "--overwrite"]) == 0  # a bare --overwrite starts over
+    assert json.loads((run / "summary.json").read_text())["step"] == 4

@@ -1,4 +1,7 @@
-"""Train the tiny world's teacher, a tiny SigLIP, on captioned images: ``python -m dualtoken_lite teacher --out DIR``.
+"""Train the tiny world's teacher, a tiny SigLIP, on captioned images: ``python -m dualtoken_lite teacher --out RUN``.
+
+    python -m dualtoken_lite teacher --out runs/teacher                  # the shipped recipe (the card says how long)
+    python -m dualtoken_lite teacher --out runs/teacher --resume auto    # continue a stopped run where it stopped
 
 The model and how it loads: ``tinyworld/teacher.py``; the captions: ``tinyworld/captions.py``; the loss:
 ``losses/siglip.py``. The recipe, step by step:
@@ -12,10 +15,16 @@ The model and how it loads: ``tinyworld/teacher.py``; the captions: ``tinyworld/
              such as "a star" fits every star), ``"diagonal"`` is SigLIP's identity labels
     optim    AdamW, linear warmup then cosine, gradient clipping, bfloat16 autocast on the CPU
 
-It writes into a run folder (``--out``), never over the shipped ``data/teacher/``: copy a run there by hand after
-reading its card. The card (``teacher.json``) holds the command, wall time, threads, load average and the figures
-of ``measure_teacher``, measured on the saved float16 weights with images 0-511 of the eval shard. Held-out
-accuracies logged during training use eval images 512-1023 (the half recipes are chosen on).
+A run folder keeps every trainer's promises (training/run_folder.py: one owner, nothing written before the run can
+start, SIGTERM / Ctrl-C write a checkpoint and print the command that continues, a resume continues bit-identically):
+
+    config.json  metrics.jsonl  checkpoints/step_*/  summary.json
+    model/       teacher.safetensors + teacher.json (the card): a teacher folder, ``--teacher RUN/model``
+
+``--out`` is never the shipped ``data/teacher/``: copy a run's ``model/`` there after reading its card. The card
+holds the command, wall time, threads, load average and the figures of ``measure_teacher``, measured on the saved
+float16 weights with images 0-511 of the eval shard. Held-out accuracies logged during training use eval images
+512-1023 (the half recipes are chosen on).
 """
 
 from __future__ import annotations
@@ -26,16 +35,19 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from dualtoken_lite.evaluation.probes import measure_teacher
 from dualtoken_lite.evaluation.zero_shot import attribute_accuracy, attribute_heads, attribute_labels
 from dualtoken_lite.losses.siglip import SigmoidLoss
-from dualtoken_lite.settings import ConfigError
+from dualtoken_lite.model.pretrained import WEIGHTS_NAME, check_state_dict, read_weights
+from dualtoken_lite.settings import ConfigError, require_at_least, require_finite
 from dualtoken_lite.tinyworld.captions import (
     CAPTIONS_PER_IMAGE,
     CLASSIFIED,
@@ -53,9 +65,18 @@ from dualtoken_lite.tinyworld.captions import (
 )
 from dualtoken_lite.tinyworld.drawing import make_samples, to_tensor
 from dualtoken_lite.tinyworld.paths import TEACHER_DIR
-from dualtoken_lite.tinyworld.teacher import TextConfig, TinySigLIP, save_teacher
+from dualtoken_lite.tinyworld.teacher import TextConfig, TinySigLIP, read_card, save_teacher
 from dualtoken_lite.tinyworld.vocabulary import PAD, VOCABULARY
-from dualtoken_lite.training.optim import build_schedule, decay_groups
+from dualtoken_lite.training.checkpoints import (
+    capture_rng_state,
+    load_training_state,
+    payload_bytes,
+    restore_rng_state,
+)
+from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
+from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
+from dualtoken_lite.training.run_folder import NonFiniteError, RunFolder, RunRules
+from dualtoken_lite.training.run_plan import CONTROL, saved_config_loader, target_folder
 
 AUGMENTS = ("dihedral", "none")
 POSITIVES = ("attributes", "ignore", "diagonal")
@@ -94,6 +115,13 @@ class TeacherConfig:
     seed: int = 0  # seeds the weights and the batch order
     threads: int = 1  # torch CPU threads
     eval_every: int = 200  # steps between held-out zero-shot checks on eval images 512-1023 (logged only)
+    eval_count: int = 512  # eval images those checks read: 512 .. 512 + eval_count - 1
+    # the run folder
+    out: str = "runs/teacher"  # run folder (never the shipped data/teacher/: copy RUN/model there by hand)
+    resume: str | None = None  # "auto" (continue --out if it has a checkpoint) or a run / checkpoint folder
+    overwrite: bool = False  # replace the run already in --out
+    save_every: int = 200  # steps between checkpoints (0 = only at the end, or when stopped by SIGTERM / Ctrl-C)
+    keep_checkpoints: int = 2  # newest checkpoints kept
 
 
 def validate_teacher_config(cfg: TeacherConfig) -> TeacherConfig:
@@ -102,9 +130,10 @@ def validate_teacher_config(cfg: TeacherConfig) -> TeacherConfig:
         raise ConfigError(f"augment={cfg.augment!r}: choose one of {AUGMENTS}")
     if cfg.positives not in POSITIVES:
         raise ConfigError(f"positives={cfg.positives!r}: choose one of {POSITIVES}")
-    for name in ("steps", "batch_size", "pool_size", "threads", "text_layers", "eval_every", "captions_per_image"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 1")
+    require_finite(cfg)  # --peak-lr inf, --grad-clip nan, ...
+    require_at_least(cfg, ("steps", "batch_size", "pool_size", "threads", "text_layers", "eval_every",
+                           "captions_per_image", "eval_count", "keep_checkpoints"), 1)
+    require_at_least(cfg, ("warmup_steps", "save_every", "shape_first", "hard_negatives"), 0)
     if cfg.captions_per_image > CAPTIONS_PER_IMAGE:
         raise ConfigError(f"captions_per_image={cfg.captions_per_image}: an image has {CAPTIONS_PER_IMAGE} captions")
     if cfg.batch_size > cfg.pool_size:
@@ -219,9 +248,55 @@ def held_out_check(model: TinySigLIP, images: np.ndarray, labels: dict) -> dict[
     return attribute_accuracy(pooled, labels, heads)
 
 
+# What a teacher run writes, which settings a resume may change, how many steps a config asks for.
+TEACHER_RUNS = RunRules(
+    command="python -m dualtoken_lite teacher",
+    files=("config.json", "metrics.jsonl", "summary.json", "checkpoints", "model"),
+    resumable=("steps", "eval_every", "eval_count", "save_every", "keep_checkpoints", "threads"),
+    load_config=saved_config_loader(TeacherConfig),
+    total_steps=lambda cfg: cfg.steps,
+)
+
+
+class FullPrecision:
+    """What a checkpoint asks of a model (training.checkpoints): ``save_pretrained`` and ``state_dict``. Checkpoints
+    keep float32 weights, so a resumed run goes on from exactly the weights it stopped with."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def save_pretrained(self, folder) -> None:
+        save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()},
+                  str(Path(folder) / WEIGHTS_NAME))
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+
+def restore(checkpoint: str, model: TinySigLIP, optimizer, schedule, batches: torch.Generator,
+            cfg: TeacherConfig) -> int:
+    """Load a checkpoint (weights strictly, optimizer, schedule, batch order, every RNG); return its step. A longer
+    ``steps`` stretches the cosine: the rate becomes the new schedule's at this step."""
+    weights = read_weights(Path(checkpoint) / WEIGHTS_NAME)
+    check_state_dict(model.state_dict(), weights, checkpoint)
+    model.load_state_dict(weights, strict=True)
+    state = load_training_state(checkpoint)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    batches.set_state(state["batches"])
+    restore_rng_state(state["rng"])
+    for group, base in zip(optimizer.param_groups, schedule.base_lrs):
+        group["lr"] = base * warmup_cosine(state["step"], cfg.warmup_steps, cfg.steps, cfg.final_lr_ratio)
+    return state["step"]
+
+
 def train_teacher(cfg: TeacherConfig, pool: CaptionedPool, check_images: np.ndarray, check_labels: dict,
-                  log=print) -> TinySigLIP:
-    """Train a TinySigLIP from scratch with ``cfg`` on ``pool``; log loss, t, b and held-out zero-shot accuracy."""
+                  log=print, folder: RunFolder | None = None) -> TinySigLIP:
+    """Train a TinySigLIP from scratch with ``cfg`` on ``pool``; log loss, t, b and held-out zero-shot accuracy.
+
+    ``folder``: an owned run folder (training.run_folder) to continue from (its plan's checkpoint), to begin writing
+    in once everything is built, and to keep checkpoints, metrics.jsonl and a clean stop in; None trains in memory.
+    """
     validate_teacher_config(cfg)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -239,9 +314,18 @@ def train_teacher(cfg: TeacherConfig, pool: CaptionedPool, check_images: np.ndar
     loss_fn = SigmoidLoss(matches="ignore" if cfg.positives == "ignore" else "positive")
     first_loss = SigmoidLoss(matches="positive")
     g = torch.Generator().manual_seed(cfg.seed)
+    step, logger = 0, None
+    if folder is not None:
+        if folder.plan.checkpoint is not None:
+            step = restore(folder.plan.checkpoint, model, optimizer, schedule, g, cfg)
+        folder.begin()  # nothing was written before this point
+        if step:
+            truncate_metrics(folder.path, step)
+            log(f"resumed {folder.path} at step {step}")
+        logger = MetricsLogger(folder.path)
     start = time.time()
     model.train()
-    for step in range(cfg.steps):
+    while step < cfg.steps:
         idx = torch.randint(0, len(pool), (cfg.batch_size,), generator=g)
         first = step < cfg.shape_first
         if first:
@@ -253,17 +337,30 @@ def train_teacher(cfg: TeacherConfig, pool: CaptionedPool, check_images: np.ndar
             x, y, scale, bias = model(batch["images"], batch["tokens"])  # (B, C), (B, C), t, b
         keys = (batch["image_keys"], batch["text_keys"]) if cfg.positives != "diagonal" or first else (None, None)
         loss = (first_loss if first else loss_fn)(x.float(), y.float(), scale, bias, *keys, owners=batch["owners"])
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"non-finite loss at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         lr = schedule.get_last_lr()[0]
         schedule.step()
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        step += 1
+        if step % cfg.eval_every == 0 or step == cfg.steps:
             acc = held_out_check(model, check_images, check_labels)
-            log(f"step {step + 1}/{cfg.steps}  loss {loss.item():.3f}  t {scale.item():.1f}  b {bias.item():.2f}  "
-                f"lr {lr:.2e}  zero-shot (eval 512-1023) "
+            log(f"step {step}/{cfg.steps}  loss {loss.item():.3f}  t {scale.item():.1f}  b {bias.item():.2f}  "
+                f"lr {lr:.2e}  zero-shot (eval 512-{511 + len(check_images)}) "
                 + " ".join(f"{a} {v:.3f}" for a, v in acc.items()) + f"  {time.time() - start:.0f} s")
+            if logger is not None:
+                logger.log(step, {"loss": loss, "t": scale, "b": bias, "lr": lr, "zero_shot": acc})
+        if folder is not None:
+            stop = folder.stop_signal()  # SIGTERM / Ctrl-C: stop after this step with a checkpoint
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop:
+                state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                         "batches": g.get_state(), "rng": capture_rng_state()}
+                folder.save_checkpoint(step, FullPrecision(model), state, keep=cfg.keep_checkpoints)
+            if stop:
+                folder.stop(step, stop)
     return model.eval()
 
 
@@ -272,49 +369,80 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {platform.processor() or platform.machine()} CPU, torch {torch.__version__}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite teacher",
-                                     description="Train the tiny world's teacher (a tiny SigLIP) into a run folder.")
-    for name, value in asdict(TeacherConfig()).items():
-        if not isinstance(value, tuple):
-            kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
-            parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
-    parser.add_argument("--out", required=True, help="run folder for teacher.safetensors, teacher.json, train.log")
+def refuse_shipped_folder(folder: Path) -> None:
+    """A run never writes into the shipped teacher's folder (nor below it): its card and weights stay as measured."""
+    shipped, target = Path(TEACHER_DIR).resolve(), folder.resolve()
+    if target == shipped or shipped in target.parents:
+        raise ConfigError(f"--out {folder} is the shipped teacher's folder; train into a run folder (--out "
+                          "runs/teacher) and copy its model/ there after reading its card")
+
+
+def run(cfg: TeacherConfig, given: set[str] | None = None, pool_cache: str | None = None, command: str = "") -> dict:
+    """Train (or continue, or report) a teacher run; return its summary. ``given``: the fields the command line set,
+    which a resume compares with the run's saved config (None: all of them)."""
+    validate_teacher_config(cfg)
+    refuse_shipped_folder(target_folder(cfg, given))
+    load_before = os.getloadavg()
+    with RunFolder(cfg, TEACHER_RUNS, given=given) as folder:
+        if folder.plan.action == "finished":
+            print(f"{folder.path} holds a finished teacher run: nothing to train. Its summary is "
+                  f"{folder.path / 'summary.json'}; --steps N continues it, --overwrite starts over.", file=sys.stderr)
+            return {**folder.plan.summary, "already_finished": True}
+        cfg, resumed = folder.cfg, folder.plan.checkpoint
+        start = time.time()
+        pool = CaptionedPool(*load_pool(cfg.pool_size, cfg.threads, pool_cache))
+        print(f"drew {len(pool)} training images in {time.time() - start:.0f} s", flush=True)
+        check_images, check_metas = make_samples(512, cfg.eval_count, "eval")  # eval images 512..: the selection half
+        model = train_teacher(cfg, pool, check_images, attribute_labels(check_metas),
+                              log=lambda line: print(line, flush=True), folder=folder)
+        card = {"command": command, "recipe": {k: v for k, v in asdict(cfg).items() if k not in CONTROL},
+                "train_minutes": round((time.time() - start) / 60, 1), "resumed_from": resumed,
+                "threads": cfg.threads, "load_average_before": [round(v, 2) for v in load_before],
+                "load_average_after": [round(v, 2) for v in os.getloadavg()], "machine": machine(),
+                "weights_dtype": "float16 (loaded as float32)"}
+        needed = payload_bytes(model.state_dict()) // 2
+        folder.save_model(lambda tmp: save_teacher(model, card, tmp), needed)
+        card["figures"] = measure_teacher(folder.path / "model")  # measured on the saved float16 weights
+        folder.save_model(lambda tmp: save_teacher(model, card, tmp), needed)
+        summary = {"step": cfg.steps, "fingerprint": read_card(folder.path / "model")["fingerprint"],
+                   "train_minutes": card["train_minutes"], "figures": card["figures"]}
+        folder.write_summary(summary)
+    print(json.dumps(summary["figures"], indent=2))
+    return summary
+
+
+def parse_command_line(argv: list[str]) -> tuple[TeacherConfig, set[str], str | None]:
+    """``--field value`` flags onto TeacherConfig (a bare boolean flag is true); the config, the fields given, and
+    ``--pool-cache``."""
+    def truth(text: str) -> bool:
+        if text.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: give true or false")
+        return text.lower() in ("1", "true", "yes")
+
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite teacher", description=__doc__.split("\n")[0],
+                                     argument_default=argparse.SUPPRESS)
+    for f in fields(TeacherConfig):
+        value, flag = getattr(TeacherConfig(), f.name), f"--{f.name.replace('_', '-')}"
+        if isinstance(value, tuple):
+            continue  # betas: fixed by the recipe
+        if isinstance(value, bool):
+            parser.add_argument(flag, type=truth, nargs="?", const=True, help=f"(default {value})")
+        else:
+            parser.add_argument(flag, type=int if isinstance(value, int) else float if isinstance(value, float)
+                                else str, help=f"(default {value!r})")
     parser.add_argument("--pool-cache", default=None, help="a .npz file keeping the drawn pool between runs")
     args = vars(parser.parse_args(argv))
-    out, cache = args.pop("out"), args.pop("pool_cache")
-    try:
-        cfg = validate_teacher_config(TeacherConfig(**args))
-        if os.path.abspath(out) == os.path.abspath(TEACHER_DIR):
-            raise ConfigError(f"--out {out} is the shipped teacher's folder; train into a run folder and copy it "
-                              "there after reading its card")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    os.makedirs(out, exist_ok=True)
-    log_file = open(os.path.join(out, "train.log"), "w")
+    pool_cache = args.pop("pool_cache")
+    return TeacherConfig(**args), set(args), pool_cache
 
-    def log(line: str) -> None:
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
 
-    load_before = os.getloadavg()
-    start = time.time()
-    pool = CaptionedPool(*load_pool(cfg.pool_size, cfg.threads, cache))
-    log(f"drew {len(pool)} training images in {time.time() - start:.0f} s")
-    check_images, check_metas = make_samples(512, 512, "eval")  # eval shard images 512-1023: the selection half
-    model = train_teacher(cfg, pool, check_images, attribute_labels(check_metas), log=log)
-    minutes = (time.time() - start) / 60
-    command = "python -m dualtoken_lite teacher " + " ".join(sys.argv[1:] if argv is None else argv)
-    card = {"command": command, "recipe": asdict(cfg), "train_minutes": round(minutes, 1),
-            "threads": cfg.threads, "load_average_before": [round(v, 2) for v in load_before],
-            "load_average_after": [round(v, 2) for v in os.getloadavg()], "machine": machine(),
-            "weights_dtype": "float16 (loaded as float32)"}
-    save_teacher(model, card, out)
-    card["figures"] = measure_teacher(out)
-    save_teacher(model, card, out)
-    log(json.dumps(card["figures"], indent=2))
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, given, pool_cache = parse_command_line(argv)
+    summary = run(cfg, given, pool_cache, command="python -m dualtoken_lite teacher " + " ".join(argv))
+    if not summary.get("already_finished"):
+        print(f"wrote {target_folder(cfg, given)}/ (model/: the teacher folder, checkpoints/, metrics.jsonl, "
+              "summary.json)")
     return 0
 
 
@@ -331,4 +459,6 @@ def load_pool(count: int, workers: int, cache: str | None) -> tuple[np.ndarray, 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dualtoken_lite.settings import run_cli
+
+    sys.exit(run_cli(main))
