@@ -13,6 +13,7 @@ from open_clip.loss import SigLipLoss
 from dualtoken_lite.losses.siglip import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, SigmoidLoss, keys_match
 
 WORLD, PER_RANK, DIM = 2, 5, 8
+PROMPTED = torch.tensor([False, False, False, True, True] * WORLD)  # per rank: three captions, two keyed prompts
 
 
 def features(n: int = 2 * PER_RANK, seed: int = 0):
@@ -66,6 +67,22 @@ def test_without_keys_equals_open_clip_siglip_loss():
     torch.testing.assert_close(SigmoidLoss()(x, y, t, b), SigLipLoss()(x, y, t, b))
 
 
+def test_keyed_prompts_are_decided_by_the_keys_alone():
+    x, y, ik, tk = features(6)
+    t, b = torch.tensor(7.0), torch.tensor(-3.0)
+    own = torch.eye(6, dtype=torch.bool)
+    keyed = torch.tensor([False, False, False, False, True, True])  # texts 4 and 5: prompts, not captions
+    true = keys_match(ik, tk)
+    assert (true & ~own)[:, 4:].any() and (~true)[:, 4:].any()  # each kind of prompt pair occurs
+    others = true & ~own & ~keyed  # captions true of other images: left out ("ignore")
+    match = torch.where(keyed, true, own)  # a prompt: + where true of the image, - where false, its "owner" aside
+    want = direct(x, y, 7.0, -3.0, match.tolist(), left_out=others.tolist())
+    got = SigmoidLoss(matches="ignore")(x, y, t, b, ik, tk, keyed=keyed)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="keyed texts need"):
+        SigmoidLoss()(x, y, t, b, keyed=keyed)
+
+
 def test_keys_match_a_caption_to_every_image_it_is_true_of():
     images = torch.tensor([[4, 0, 1], [4, 2, 1], [3, 0, 1]])  # e.g. (shape, colour, fill)
     texts = torch.tensor([[4, -1, -1], [-1, 0, -1], [4, 2, 1]])  # "a star", "a red shape", the full second caption
@@ -87,14 +104,16 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         x, y, ik, tk = features()
         part = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         results = {}
-        for name in ("diagonal", "keys", "ignore", "open_clip"):
+        for name in ("diagonal", "keys", "ignore", "prompted", "open_clip"):
             xs, ys = x[part].clone().requires_grad_(), y[part].clone().requires_grad_()
             t, b = torch.tensor(10.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
             if name == "open_clip":
                 loss = SigLipLoss(rank=rank, world_size=WORLD)(xs, ys, t, b)
             else:
                 keys = (ik[part], tk[part]) if name != "diagonal" else (None, None)
-                loss = SigmoidLoss(rank, WORLD, "ignore" if name == "ignore" else "positive")(xs, ys, t, b, *keys)
+                keyed = PROMPTED[part] if name == "prompted" else None
+                loss = SigmoidLoss(rank, WORLD, "positive" if name == "keys" else "ignore")(xs, ys, t, b, *keys,
+                                                                                            keyed=keyed)
             loss.backward()
             results[name] = {"loss": loss.detach(), "x": xs.grad, "y": ys.grad, "t": t.grad, "b": b.grad}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -106,11 +125,13 @@ def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path):
     mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     x, y, ik, tk = features()
-    for name in ("diagonal", "keys", "ignore", "open_clip"):
+    for name in ("diagonal", "keys", "ignore", "prompted", "open_clip"):
         xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
         t, b = torch.tensor(10.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
-        keys = (ik, tk) if name in ("keys", "ignore") else (None, None)
-        single = SigmoidLoss(matches="ignore" if name == "ignore" else "positive")(xs, ys, t, b, *keys)
+        keys = (ik, tk) if name in ("keys", "ignore", "prompted") else (None, None)
+        keyed = PROMPTED if name == "prompted" else None
+        single = SigmoidLoss(matches="positive" if name != "ignore" and name != "prompted" else "ignore")(
+            xs, ys, t, b, *keys, keyed=keyed)
         (single * WORLD).backward()  # each rank's loss is over its own images: the ranks' losses sum to WORLD x this
         got = [r[name] for r in ranks]
         torch.testing.assert_close(sum(r["loss"] for r in got) / WORLD, single.detach())

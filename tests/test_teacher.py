@@ -162,7 +162,8 @@ def test_bad_settings_and_the_shipped_folder_are_refused_before_anything_is_writ
     for args, fragment in [(["--augment", "mirror"], "augment='mirror'"),
                            (["--batch-size", "32", "--pool-size", "16"], "batch_size=32 exceeds pool_size=16"),
                            (["--peak-lr", "inf"], "peak_lr"),
-                           (["--save-every", "-1"], "save_every=-1 must be >= 0")]:
+                           (["--save-every", "-1"], "save_every=-1 must be >= 0"),
+                           (["--prompts", "true", "--positives", "diagonal"], "prompts=True needs attribute keys")]:
         assert run_cli(TT.main, ["--out", str(tmp_path / "r"), *args]) == 2
         err = capsys.readouterr().err
         assert fragment in err and "Traceback" not in err, err
@@ -171,6 +172,15 @@ def test_bad_settings_and_the_shipped_folder_are_refused_before_anything_is_writ
         assert run_cli(TT.main, args) == 2
         assert "shipped teacher's folder" in capsys.readouterr().err
     assert (sorted(T.TEACHER_DIR.rglob("*")) if T.TEACHER_DIR.exists() else None) == shipped  # not even a lock
+
+
+def test_a_batch_marks_its_prompts_as_keyed():
+    images, metas = make_samples(0, 8, "train")
+    g = torch.Generator().manual_seed(0)
+    batch = TT.CaptionedPool(images, metas).batch(torch.arange(8), g, True, prompts=True)
+    n_prompts = sum(len(words) for words in CLASSIFIED.values())
+    assert batch["keyed"].tolist() == [False] * (len(batch["texts"]) - n_prompts) + [True] * n_prompts
+    assert (batch["owners"][batch["keyed"]] == -1).all()
 
 
 def test_a_few_training_steps_run_and_log_zero_shot_accuracy():

@@ -52,12 +52,15 @@ def keys_undecided(image_keys: Tensor, text_keys: Tensor) -> Tensor:
 
 
 def pair_labels(n_images: int, n_texts: int, device, dtype, image_keys: Tensor | None = None,
-                text_keys: Tensor | None = None, owners: Tensor | None = None, matches: str = "positive") -> Tensor:
+                text_keys: Tensor | None = None, owners: Tensor | None = None, matches: str = "positive",
+                keyed: Tensor | None = None) -> Tensor:
     """z (I, T): +1 for matching pairs, -1 for the rest, 0 for pairs left out of the loss.
 
     ``owners`` (T,): the image each text was written for (None: another rank's texts, no image here). Without
     keys: a text matches its own image only (SigLIP). With keys, a text true of an image other than its own is a
-    positive (``matches="positive"``) or left out (``matches="ignore"``): never a negative.
+    positive (``matches="positive"``) or left out (``matches="ignore"``): never a negative. ``keyed`` (T,) bool
+    marks texts written for no image in particular (a class prompt such as "a star"): their pairs are decided by
+    the keys alone, +1 where the text is true of the image and -1 where it is false, whatever ``matches`` says.
     """
     own = torch.zeros(n_images, n_texts, dtype=torch.bool, device=device)
     if owners is not None:
@@ -67,6 +70,8 @@ def pair_labels(n_images: int, n_texts: int, device, dtype, image_keys: Tensor |
         other = keys_match(image_keys, text_keys) & ~own  # true of the image, but another image's caption
         z = torch.where(other, 1.0 if matches == "positive" else 0.0, z)
         z = torch.where(keys_undecided(image_keys, text_keys) & ~own, 0.0, z)  # unknown either way: left out
+        if keyed is not None:
+            z = torch.where(keyed[None, :], keys_match(image_keys, text_keys).to(dtype) * 2 - 1, z)
     return z
 
 
@@ -88,10 +93,13 @@ class SigmoidLoss(nn.Module):
         self.rank, self.world_size, self.matches = rank, world_size, matches
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, logit_bias: Tensor,
-                image_keys: Tensor | None = None, text_keys: Tensor | None = None, owners: Tensor | None = None
-                ) -> Tensor:
+                image_keys: Tensor | None = None, text_keys: Tensor | None = None, owners: Tensor | None = None,
+                keyed: Tensor | None = None) -> Tensor:
         """Loss of unit-norm image (B, E) and text (T, E) features. ``owners`` (T,): the image each text belongs to
-        (default: text i is image i's, T = B); keys (B, F) and (T, F) decide which other pairs match."""
+        (default: text i is image i's, T = B); keys (B, F) and (T, F) decide which other pairs match; ``keyed`` (T,)
+        bool: texts whose every pair the keys decide (``pair_labels``)."""
+        if keyed is not None and text_keys is None:
+            raise ValueError("keyed texts need image_keys and text_keys to decide their pairs")
         if (image_keys is None) != (text_keys is None):
             raise ValueError("give both image_keys and text_keys, or neither")
         B, T = image_features.shape[0], text_features.shape[0]
@@ -100,17 +108,20 @@ class SigmoidLoss(nn.Module):
                 raise ValueError(f"{B} images and {T} texts: give each text's image (owners) when they differ")
             owners = torch.arange(B, device=image_features.device)
         labels = pair_labels(B, T, image_features.device, image_features.dtype, image_keys, text_keys, owners,
-                             matches=self.matches)
+                             matches=self.matches, keyed=keyed)
         loss = sigmoid_loss(image_features, text_features, logit_scale, logit_bias, labels)
         if self.world_size == 1:
             return loss
         right, left = (self.rank + 1) % self.world_size, (self.rank - 1) % self.world_size
         texts, keys = text_features, text_keys
+        marks = keyed.to(torch.int64) if keyed is not None else None  # travels as integers (gloo sends no bool)
         for _ in range(self.world_size - 1):  # the texts of rank - 1, rank - 2, ... in turn
             texts = neighbour_exchange_with_grad(left, right, texts)
             if keys is not None:
                 keys = neighbour_exchange(left, right, keys)
+            if marks is not None:
+                marks = neighbour_exchange(left, right, marks)
             labels = pair_labels(B, texts.shape[0], image_features.device, image_features.dtype, image_keys, keys,
-                                 matches=self.matches)
+                                 matches=self.matches, keyed=None if marks is None else marks.bool())
             loss = loss + sigmoid_loss(image_features, texts, logit_scale, logit_bias, labels)
         return loss

@@ -94,7 +94,8 @@ class TeacherConfig:
     full_caption: bool = True  # each image's captions of a step include its first one, which names everything
     hue_jitter: bool = False  # turn the hue of images whose captions of the step name no colour (they stay true)
     shape_first: int = 0  # steps at the start whose captions name the shape alone (matches as positives)
-    prompts: bool = False  # add to each step's texts one caption per value of each attribute, naming it alone
+    prompts: bool = False  # add to each step's texts one caption per value of each attribute, naming it alone: a
+    #                        positive for every image it is true of, a negative for the rest, whatever `positives` says
     peak_lr: float = 1e-3  # AdamW learning rate at the end of the warmup
     warmup_steps: int = 150  # linear warmup from 0 to peak_lr
     final_lr_ratio: float = 0.02  # the cosine decays to peak_lr * final_lr_ratio
@@ -130,6 +131,9 @@ def validate_teacher_config(cfg: TeacherConfig) -> TeacherConfig:
         raise ConfigError(f"augment={cfg.augment!r}: choose one of {AUGMENTS}")
     if cfg.positives not in POSITIVES:
         raise ConfigError(f"positives={cfg.positives!r}: choose one of {POSITIVES}")
+    if cfg.prompts and cfg.positives == "diagonal":
+        raise ConfigError("prompts=True needs attribute keys to say which images a prompt is true of; with "
+                          "positives='diagonal' there are none: choose positives='ignore' or 'attributes'")
     require_finite(cfg)  # --peak-lr inf, --grad-clip nan, ...
     require_at_least(cfg, ("steps", "batch_size", "pool_size", "threads", "text_layers", "eval_every",
                            "captions_per_image", "eval_count", "keep_checkpoints"), 1)
@@ -231,8 +235,11 @@ class CaptionedPool:
             owners = torch.cat([owners, torch.full((len(words),), -1)])
         tokens = VOCABULARY(texts)  # (T, CONTEXT_LENGTH)
         tokens = tokens[:, : int((tokens != PAD).sum(1).max())]  # padding past the longest caption changes nothing
+        keyed = torch.zeros(len(texts), dtype=torch.bool)  # (T,): the prompts, whose pairs the keys alone decide
+        if prompts:
+            keyed[-len(words):] = True
         return {"images": images, "texts": texts, "tokens": tokens,
-                "owners": owners,
+                "owners": owners, "keyed": keyed,
                 "image_keys": image_keys,
                 "text_keys": torch.from_numpy(np.stack([claim_code(t) for t in texts]))}
 
@@ -336,7 +343,9 @@ def train_teacher(cfg: TeacherConfig, pool: CaptionedPool, check_images: np.ndar
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             x, y, scale, bias = model(batch["images"], batch["tokens"])  # (B, C), (B, C), t, b
         keys = (batch["image_keys"], batch["text_keys"]) if cfg.positives != "diagonal" or first else (None, None)
-        loss = (first_loss if first else loss_fn)(x.float(), y.float(), scale, bias, *keys, owners=batch["owners"])
+        keyed = batch["keyed"] if keys[0] is not None else None  # prompts: + where true of the image, - where false
+        loss = (first_loss if first else loss_fn)(x.float(), y.float(), scale, bias, *keys, owners=batch["owners"],
+                                                  keyed=keyed)
         if not torch.isfinite(loss):
             raise NonFiniteError(f"non-finite loss at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
