@@ -86,15 +86,15 @@ POSITIVES = ("attributes", "ignore", "diagonal")
 class TeacherConfig:
     """How the teacher is trained."""
 
-    steps: int = 2800  # optimizer steps
-    batch_size: int = 128  # images per step
+    steps: int = 4800  # optimizer steps
+    batch_size: int = 64  # images per step
     captions_per_image: int = 1  # captions of each image in a step (distinct ones, of its CAPTIONS_PER_IMAGE)
     hard_negatives: int = 1  # per caption, this many copies with one named attribute changed, each a different
     #                          attribute (as many as it names at most): false of its image
     full_caption: bool = True  # each image's captions of a step include its first one, which names everything
     hue_jitter: bool = False  # turn the hue of images whose captions of the step name no colour (they stay true)
     shape_first: int = 0  # steps at the start whose captions name the shape alone (matches as positives)
-    prompts: bool = False  # add to each step's texts one caption per value of each attribute, naming it alone: a
+    prompts: bool = True  # add to each step's texts one caption per value of each attribute, naming it alone: a
     #                        positive for every image it is true of, a negative for the rest, whatever `positives` says
     peak_lr: float = 1e-3  # AdamW learning rate at the end of the warmup
     warmup_steps: int = 150  # linear warmup from 0 to peak_lr
@@ -107,10 +107,10 @@ class TeacherConfig:
     #                              b = -10) they would move about 1e-3 a step, far too slow for a few thousand steps
     pool_size: int = 49152  # training images drawn up front (train split samples 0 .. pool_size - 1)
     augment: str = "dihedral"  # "dihedral": a random flip / quarter turn per image, position words turned along
-    positives: str = "attributes"  # a caption true of another image of the batch is, to that image: a positive
+    positives: str = "ignore"  # a caption true of another image of the batch is, to that image: a positive
     #                                ("attributes"), left out of the loss ("ignore"), or a negative ("diagonal": SigLIP's)
     text_layers: int = 2  # blocks of the text transformer (its width is the image tower's)
-    text_pool: str = "eos"  # the caption embedding: the text tower's output at <end>, or its mean over the words
+    text_pool: str = "mean"  # the caption embedding: the text tower's output at <end>, or its mean over the words
     token_init: float = 0.02  # std of the text tower's word embeddings at init
     bf16: bool = True  # bfloat16 autocast for the forward pass (about 1.5x faster on AVX-512 CPUs)
     seed: int = 0  # seeds the weights and the batch order
