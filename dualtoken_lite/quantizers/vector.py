@@ -80,7 +80,7 @@ class VectorQuantizer(nn.Module):
         eps: float = 1e-5,
         dead_code_threshold: float = 1.0,
         cosine: bool = False,
-        chunk_size: int = 256,
+        chunk_size: int = 128,
     ):
         super().__init__()
         self.dim = dim
