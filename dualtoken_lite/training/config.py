@@ -61,6 +61,8 @@ class TrainConfig:
     #                            same update up to float rounding; on because it is never slower
     compile_decoder: bool = False  # torch.compile the post-quant block and the decoder (inductor); off: its
     #                                 compile takes minutes on a 2-core CPU and pays back only in long runs
+    keep_freed_memory: bool = True  # CPU, glibc: malloc keeps freed activations for the next step instead of handing
+    #                                  them back to the OS (training/allocator.py); no page faults, same results
     log_every: int = 20  # steps between metrics.jsonl lines (and the progress-bar postfix)
     image_every: int = 200  # steps between reconstruction grids written to images/
     eval_every: int = 400  # steps between held-out evaluations (0 = only at the end)

@@ -30,6 +30,7 @@ from dualtoken_lite.tinyworld.shards import resolve_data
 from dualtoken_lite.tinyworld.teacher import load_teacher
 from dualtoken_lite.training import distributed as dist_utils
 from dualtoken_lite.training.adversarial import Adversary
+from dualtoken_lite.training.allocator import keep_freed_memory
 from dualtoken_lite.training.checkpoints import resume
 from dualtoken_lite.training.config import TrainConfig
 from dualtoken_lite.training.optim import build_adamw, build_schedule
@@ -79,6 +80,8 @@ def load_start(spec: str, preset: str) -> DualToken:
 def apply_speed_levers(model: DualToken, cfg: TrainConfig) -> None:
     """The levers of ``TrainConfig`` that change how the model computes, never what (benchmarks/step_speed.py)."""
     set_fast_group_norm(model, cfg.fast_group_norm)
+    if cfg.keep_freed_memory and next(model.parameters()).device.type == "cpu":
+        keep_freed_memory()  # process-wide: glibc's malloc thresholds
     if cfg.compile_decoder:  # in place: the state dict keeps its keys (no "_orig_mod." prefix)
         model.post_quant_block.compile()
         model.decoder.compile()
