@@ -47,9 +47,10 @@ MATCHED = [
     "--out", "/tmp/dualtoken_step_speed",
 ]
 # Every speed lever, off: the frozen baseline. A new TrainConfig lever is added here (off) and to DEFAULT_ON.
-ALL_OFF = {"fast_group_norm": "false", "fused_adamw": "false", "keep_freed_memory": "false",
-           "compile_decoder": "false"}
-DEFAULT_ON = {"fast_group_norm": "true", "fused_adamw": "true", "keep_freed_memory": "true"}  # TrainConfig's defaults
+ALL_OFF = {"fast_group_norm": "false", "fused_adamw": "false", "onednn_linear": "false",
+           "keep_freed_memory": "false", "compile_decoder": "false"}
+DEFAULT_ON = {"fast_group_norm": "true", "fused_adamw": "true", "onednn_linear": "true",
+              "keep_freed_memory": "true"}  # TrainConfig's defaults
 PRECISIONS = {"fp32": "false", "bf16": "true"}  # row prefix -> --bf16
 
 
