@@ -34,9 +34,7 @@ def depth_curve(model: DualToken, x: torch.Tensor) -> list[dict]:
     codes = torch.cat([model.encode(x[i : i + 64])[0] for i in range(0, len(x), 64)])  # (B, H, W, D)
     rows = []
     for d in range(1, codes.shape[-1] + 1):
-        q = model.pixel_quantizer
-        partial = sum(q.codebook_at(k).embed[codes[..., k]] for k in range(d))  # first d codes summed, (B, H, W, c)
-        x_hat = torch.cat([model.decode_quantized(partial[i : i + 64]) for i in range(0, len(x), 64)])
+        x_hat = torch.cat([model.decode(codes[i : i + 64], depths=d) for i in range(0, len(x), 64)])
         luma, chroma = luma_chroma_psnr(x_hat, x)
         rows.append({"depths": d, "psnr": psnr(x_hat, x).mean().item(), "psnr_luma": luma.mean().item(),
                      "psnr_chroma": chroma.mean().item()})

@@ -1,4 +1,4 @@
-"""Held-out loss of trained generators: nats per modelled code on images no generator trained on (issue 12).
+"""Held-out loss of trained generators: nats per modelled code on images no generator trained on.
 
     OMP_NUM_THREADS=1 python benchmarks/generator_heldout_loss.py data/unified/generator-both RUN/model ...
 

@@ -1,4 +1,4 @@
-"""Training-step speed of the unified generator under the CPU kernel choices, as ratios against fp32 (issue 12).
+"""Training-step speed of the unified generator under the CPU kernel choices, as ratios against fp32.
 
     OMP_NUM_THREADS=1 python benchmarks/generator_step_speed.py [--steps 30] [--variant both]
 

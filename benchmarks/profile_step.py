@@ -70,7 +70,7 @@ def main() -> None:
 
     def step() -> None:
         with record_function("step: forward + loss + backward"):
-            tr.generator_micro_step(tr.model, next(batches), scale=1.0)
+            tr.tokenizer_micro_step(tr.model, next(batches), scale=1.0)
         with record_function("step: optimizer + codebook update"):
             tr.optimizer_step()
             tr.model.update_codebooks()

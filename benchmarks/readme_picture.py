@@ -10,8 +10,9 @@ import argparse
 import torch
 
 from dualtoken_lite import DualToken
+from dualtoken_lite.datasets.images import save_image
 from dualtoken_lite.tinyworld import ensure_tinyworld, load_split, to_tensor
-from dualtoken_lite.training.logs import reconstruction_grid, save_grid
+from dualtoken_lite.training.logs import reconstruction_grid
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     x = to_tensor(load_split(ensure_tinyworld(splits=("eval",))["eval"])[0][: args.images])  # (N, 3, 64, 64)
     with torch.no_grad():
         x_hat = model.decode(model.encode(x)[0])  # through the codes, as a language model would use them
-    save_grid(reconstruction_grid(x, x_hat, max_images=args.images), args.out, upscale=3)
+    save_image(reconstruction_grid(x, x_hat, max_images=args.images), args.out, upscale=3)
     print(f"wrote {args.out}")
 
 

@@ -1,4 +1,4 @@
-"""Sweep a trained generator's sampling settings: teacher accuracy and Frechet distance for each (issue 12).
+"""Sweep a trained generator's sampling settings: teacher accuracy and Frechet distance for each.
 
     OMP_NUM_THREADS=1 python benchmarks/sampling_sweep.py data/unified/generator-both --num 512 \
         --settings t1 t0.9 t0.8 k64 g1.5 g2 t0.9,g1.5

@@ -1,6 +1,6 @@
 """How much faster one training step is with the speed levers of ``TrainConfig`` on, at equal precision.
 
-The step is the one ``training.loop`` takes: ``generator_micro_step`` (forward, every loss, backward) +
+The step is the one ``training.loop`` takes: ``tokenizer_micro_step`` (forward, every loss, backward) +
 ``optimizer_step`` (AdamW + schedule) + ``model.update_codebooks()`` (the EMA update), at the "matched config"
 (the original release's model built small): ViT width 192, 6 blocks, 3 heads, patch 8, 64 px; taps pixel 2 /
 shortcut 1 / semantic 5; code dim 32, depth 4, K 1,024 on both branches; decoder base 32, multipliers (2, 2, 1, 1),
@@ -84,7 +84,7 @@ def worker(flags: dict[str, str]) -> None:
     batch = next(tr.batches())  # (B, 3, 64, 64): the same batch every step
 
     def step() -> None:
-        tr.generator_micro_step(tr.model, batch, scale=1.0)
+        tr.tokenizer_micro_step(tr.model, batch, scale=1.0)
         tr.optimizer_step()
         tr.model.update_codebooks()
 

@@ -1,15 +1,20 @@
 """dualtoken_lite: a compact, educational reference implementation of DualToken (arXiv 2503.14324).
 
-The package reads in the order the notebooks teach (docs/method.md describes the method it implements):
+The package reads in the order the notebooks teach (docs/method.md describes the method it implements); each
+chapter imports only from the ones above it in this list (tests/test_structure.py):
 
+    settings.py          plumbing: user errors, config round trips, atomic files
     quantizers/   01-02  nearest code, EMA k-means codebook, straight-through; the residual quantizer
-    model/        03-04  the SigLIP-layout tower, pre/post-quant projections, conv decoder, DualToken, save/load
+    model/        03-04  the SigLIP-layout tower, pre/post-quant projections, conv decoder, DualToken, save/load,
+                         the model sizes (tiny ... the paper's)
     losses/       05     every loss term and its weights, LPIPS, the discriminator and its schedule, stages
-    training/     06     the loop, its steps, checkpoints and resume, optimizers, distributed, logs
+    datasets/            images in, shards and folders, the resumable loader
+    tinyworld/    03     the small offline world: its drawings, shards and teacher
     evaluation/          metrics and the one evaluation loop (through the codes)
-    tools/               the command-line tools: evaluate, reconstruct, tokens, ablation
-    datasets/            images in, shards and folders, the resumable loader (plumbing)
-    tinyworld/           the small offline world: its image generator, shards and teacher
+    training/     06     the presets, the loop, its steps, checkpoints and resume, optimizers, distributed, logs
+    tools/               the command-line tools: evaluate, reconstruct, tokens, convert, ablation, teacher
+    unified/      07     a tiny unified model that reads and writes DualToken tokens
+    __main__.py          the command table: ``python -m dualtoken_lite --help``
 
 The public API::
 
@@ -20,14 +25,14 @@ The public API::
 """
 
 from dualtoken_lite.losses.config import LossConfig
-from dualtoken_lite.model.config import BackboneConfig, ModelConfig
+from dualtoken_lite.model.config import BackboneConfig, ModelConfig, model_preset
 from dualtoken_lite.model.dualtoken import DualToken, DualTokenOutput
-from dualtoken_lite.presets import PRESETS, loss_preset, model_preset, preset
 from dualtoken_lite.quantizers.codebook import Codebook
 from dualtoken_lite.quantizers.residual import QuantizerConfig, ResidualQuantizer, RVQOutput
 from dualtoken_lite.quantizers.vector import VectorQuantizer
 from dualtoken_lite.settings import ConfigError
 from dualtoken_lite.training.config import TrainConfig
+from dualtoken_lite.training.presets import PRESETS, loss_preset, preset
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -46,7 +46,8 @@ from dualtoken_lite.model.backbone import VisionTower, tapped_forward
 from dualtoken_lite.model.projection import AttnProjection
 from dualtoken_lite.notebook_runtime import Figures, start
 from dualtoken_lite.tinyworld import CLASSES, TEACHER_DIR, ensure_tinyworld, load_split, make_batch, to_tensor
-from dualtoken_lite.tinyworld.teacher import load_teacher, pixel_probe_accuracy
+from dualtoken_lite.tinyworld.teacher import load_teacher
+from dualtoken_lite.tools.teacher import pixel_probe_accuracy
 
 FULL = start(0)  # seeds torch, uses cores - 1 threads; True under DUALTOKEN_LITE_FULL=1
 BUDGET = "full" if FULL else "default"  # which recorded figures this run checks
@@ -214,7 +215,7 @@ figures.check(f"{BUDGET}/raw_pixel_probe_accuracy", raw_acc, tol=0.01)
 # (lambda = 1e-3 of the mean diagonal of $X^\top X$, chosen for the 128-wide hidden states) and trains on 1,024
 # (default) or 4,096 (full) images. With 12,288 raw-pixel features and at most 4,096 images, that ridge fits the
 # training images almost perfectly (100 % training accuracy in this run) and generalises poorly.
-# README's figure is the teacher card's probe (`pixel_probe_accuracy` in `tinyworld/teacher.py`): pixels
+# README's figure is the teacher card's probe (`pixel_probe_accuracy` in `tools/teacher.py`): pixels
 # centred, 2,048 training images, the ridge strength picked on 1,024 validation images (it picks 10 x the
 # mean diagonal of the 2,048 x 2,048 Gram matrix $X X^\top$, where this notebook adds 1e-3 x the mean diagonal of
 # the 12,289 x 12,289 $X^\top X$), scored on all 1,024 held-out images. The next cell runs that probe on this

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -47,10 +47,10 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.decoder import AttnBlock, resize_to_latent_grid
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.notebook_runtime import Figures, start
-from dualtoken_lite.presets import model_preset
 
 FULL = start(0)  # seeds torch (the random weights below), uses cores - 1 threads; one budget in this notebook
 figures = Figures("04_decoder")
@@ -82,8 +82,8 @@ torch.testing.assert_close(q, model.pixel_quantizer.decode(codes))
 # positions 0..n only. If the projection let position n look at later positions, its output for n would change
 # every time a later code arrived; with the mask, the output at n depends on positions 0..n alone, so it is
 # final as soon as code n is generated and can be computed step by step alongside generation. That is the
-# paper's stated reason. The released forward pass runs this attention without the mask; we follow the paper
-# (docs/method.md, "Other deliberate differences").
+# paper's stated reason. The release's current code builds its post-quant projections the same way
+# (`is_causal=True`; only its March 2026 code ran them without the mask, docs/method.md §2).
 #
 # **Where the causality comes from.** Everything else in `AttnProjection` acts on each position separately
 # (the LayerNorms, the linear path, the GeGLU), so positions mix only inside the attention. There,

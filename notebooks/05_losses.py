@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -61,7 +61,7 @@ from dualtoken_lite.losses.perceptual import (
 )
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.notebook_runtime import FIGURES_DIR, Figures, RunRecord, start
-from dualtoken_lite.tinyworld.generator import make_batch, to_tensor
+from dualtoken_lite.tinyworld.drawing import make_batch, to_tensor
 from dualtoken_lite.tinyworld.paths import DATA_ROOT
 from dualtoken_lite.tinyworld.shards import write_split_shard
 from dualtoken_lite.tinyworld.teacher import load_teacher
@@ -115,7 +115,7 @@ with torch.no_grad():
     logits_real, logits_fake = critic(x_eval[:4]), critic(x_eval[4:8].flip(-1))  # (B, 1, 8, 8) patch logits
 hinge = 0.5 * (F.leaky_relu(1 - logits_real, 0.01).mean() + F.leaky_relu(1 + logits_fake, 0.01).mean())
 torch.testing.assert_close(hinge, library.discriminator_hinge_loss(logits_real, logits_fake))
-torch.testing.assert_close(-logits_fake.mean(), library.generator_adversarial_loss(logits_fake))
+torch.testing.assert_close(-logits_fake.mean(), library.adversarial_loss(logits_fake))
 print(f"patch logits {tuple(logits_real.shape)}; hinge {hinge.item():.4f}, L_G {-logits_fake.mean().item():.4f}")
 
 # %% [markdown]
@@ -398,7 +398,7 @@ assert all(runs[n][0].reconstructions.shape == (8, 3, 64, 64) for n in names)
 # detail. It is the two objectives pulling **one codebook** two ways: semantics wants codes that ignore appearance,
 # reconstruction wants codes that keep it. Give each objective its own codebook and layer and both are served, (d).
 #
-# Ours: `python -m dualtoken_lite.ablation --steps 400 --seeds 0 1 --threads 1 --out runs/ablation`
+# Ours: `python -m dualtoken_lite ablation --steps 400 --seeds 0 1 --threads 1 --out runs/ablation`
 # (the tiny preset, 400 steps at batch 32 per run, eight runs; its record ships as `ablation.json`).
 
 # %%

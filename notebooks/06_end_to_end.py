@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -43,11 +43,11 @@ from IPython.display import clear_output, display
 from dualtoken_lite.datasets.images import make_grid_image
 from dualtoken_lite.evaluation.loop import evaluate_codes
 from dualtoken_lite.evaluation.metrics import CodeUsage, psnr
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence, to_lm_sequence
 from dualtoken_lite.notebook_runtime import Figures, start
-from dualtoken_lite.presets import model_preset
-from dualtoken_lite.tinyworld.generator import CLASSES, make_batch, to_tensor
+from dualtoken_lite.tinyworld.drawing import CLASSES, make_batch, to_tensor
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.tinyworld.teacher import load_teacher
 from dualtoken_lite.training.arguments import parse_args

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -15,11 +15,13 @@
 # %% [markdown]
 # # 07 · From tokens to a unified model: reading and writing DualToken codes
 #
-# DualToken's point is not the tokenizer alone. The paper feeds both token types to one language model and
-# reports that it **understands better** (pixel tokens add fine detail: +5.8 points over VILA-U on ten
-# understanding benchmarks) and **generates better** (semantic tokens keep structure: +13 % on GenAI-Bench),
-# and that "dual visual tokens outperform a single token type on both". The authors have not released that
-# model. Here we build it at tiny-world scale, on a CPU, and measure the claim honestly:
+# DualToken's point is not the tokenizer alone. The paper feeds both token types to one language model, which
+# "surpasses VILA-U by 5.8 points on average across ten visual understanding benchmarks and delivers a 13%
+# improvement on GenAI-Bench" (the abstract of its ICLR 2026 version: a comparison with another model). It also
+# reports that within its own model "incorporating dual visual tokens outperforms using a single token type on
+# both understanding and generation tasks": pixel tokens add fine detail, semantic tokens keep structure. The
+# authors have not released that model. Here we build it at tiny-world scale, on a CPU, and test that second
+# claim:
 #
 # 1. the token layout a language model reads (`model/token_layout.py`) and the cache of encoded images;
 # 2. **understanding**: three small readers on one budget that see semantic tokens only, pixel tokens only, or
@@ -49,7 +51,7 @@ import torch
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import from_lm_sequence, to_lm_sequence
 from dualtoken_lite.notebook_runtime import Figures, start
-from dualtoken_lite.tinyworld.generator import CLASSES, make_batch, to_tensor
+from dualtoken_lite.tinyworld.drawing import CLASSES, make_batch, to_tensor
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.unified import generator_training, reader_training
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_offsets
@@ -143,7 +145,7 @@ print("sum of the 8 pixel-slot embeddings = the quantized pixel vector; the same
 # pass answers all four questions; a mask lets each question token see the image and itself only, so this
 # equals four separate passes (tested in `tests/test_unified.py`). The readers differ in one thing: which codes
 # they sum (semantic slots 8..11, pixel slots 0..7, or all 12). Each trained 600 steps x batch 64 on the 16,384
-# cached training images, two seeds (`python -m dualtoken_lite.train_reader --model.variant V --loop.seed S`).
+# cached training images, two seeds (`python -m dualtoken_lite train_reader --model.variant V --loop.seed S`).
 #
 # The questions and what answering them needs:
 
@@ -202,7 +204,7 @@ plt.show()
 #   learned 64 times. At equal steps it lowered the held-out loss from 0.924 to 0.889 nats per code.
 # - The model was **undertrained**: twice the steps lowered the held-out loss from 0.924 to 0.837. So the trainer
 #   spends its 10 minutes on steps: bf16 autocast (the same loss as fp32, cheaper steps) on both cores, 3,200
-#   steps x batch 32 (`python -m dualtoken_lite.train_generator --model.variant V --loop.seed S`).
+#   steps x batch 32 (`python -m dualtoken_lite train_generator --model.variant V --loop.seed S`).
 # - The depth transformer learns from **every position**: trained on the stacks of all 64 positions (the exact
 #   loss) with one block, instead of two blocks on a random 32 of them, it reached a held-out loss of 0.831
 #   instead of 0.860 in the same time.
@@ -261,7 +263,7 @@ for name, what in (("reconstructions_depth1", "from pixel depth 1, what the gene
 # %% [markdown]
 # ## 6. The paper's claim at tiny scale
 #
-# The table from `data/unified/results.json` (`python -m dualtoken_lite.unified_results`): reader accuracy on
+# The table from `data/unified/results.json` (`python -m dualtoken_lite unified_results`): reader accuracy on
 # 1,024 held-out images for seeds 0 and 1, and generation over 1,024 samples each with the ceiling beside them.
 # The paper: dual tokens beat a single token type on understanding and on generation.
 
@@ -283,7 +285,7 @@ for variant in READERS:  # the shipped seed-0 readers are the table's seed-0 rea
 #   shape, colour and background within 1 point. Fill is the exception: 41.3 / 45.6 % against the pixel
 #   reader's 46.3 / 45.5 %, a seed spread of 4 points that this budget does not resolve. At this scale dual
 #   tokens give the **union** of what each type knows; they do not beat the better type on its own question,
-#   which is what the paper reports on its ten benchmarks (+5.8 points over VILA-U's single token type).
+#   which the paper says dual tokens do (its +5.8 points are over VILA-U, another model, not over one token type).
 # - **Generation: at this budget the samples do not tell the two generators apart; the likelihood does.** Both
 #   draw their prompt's shape about three times in four: pixel codes alone 75.9 / 77.5 %, pixel + semantic codes
 #   76.3 / 74.3 %, and their Frechet distances cross between the seeds (2.45 / 2.17 against 1.99 / 2.31). Yet the
@@ -291,8 +293,8 @@ for variant in READERS:  # the shipped seed-0 readers are the table's seed-0 rea
 #   seeds, 1.100 / 1.093 nats per code against 1.167 / 1.174, though the semantic codes are never decoded: they
 #   only enter the sums the next positions read. With the second round's weaker recipe (a two-block depth
 #   transformer trained on half the positions) the gain showed in the samples too, 70.2 / 70.1 % against
-#   60.0 / 60.5 % (`docs/unified_model.md`). The paper's direction (+13 % on GenAI-Bench) holds in the
-#   likelihood; in what the teacher sees, semantic codes helped most while the generator was weakest.
+#   60.0 / 60.5 % (`docs/unified_model.md`). The paper's direction (dual tokens generate better than one type)
+#   holds in the likelihood; in what the teacher sees, semantic codes helped most while the generator was weakest.
 # - **Near the ceiling.** The tokenizer's own reconstructions from pixel depth 1 are named 91.0 % of the time
 #   (Frechet 1.20). The generator of both codes reaches 84 / 82 % of that accuracy (the issue asks for 80 %) at
 #   1.7 / 1.9x the ceiling's Frechet distance (at most 2x asked). Its shapes are still sometimes rounded off:

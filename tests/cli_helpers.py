@@ -9,10 +9,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.presets import model_preset
 from dualtoken_lite.quantizers.residual import QuantizerConfig
-from dualtoken_lite.tinyworld.generator import make_batch
+from dualtoken_lite.tinyworld.drawing import make_batch
 from dualtoken_lite.tinyworld.shards import encode_png
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from dualtoken_lite.tinyworld.generator import CLASSES, make_sample
+from dualtoken_lite.tinyworld.drawing import CLASSES, make_sample
 from dualtoken_lite.tinyworld.shards import encode_png
-from dualtoken_lite.tinyworld.teacher import Teacher, save_teacher
+from dualtoken_lite.tinyworld.teacher import Teacher
 from dualtoken_lite.tools.ablation import (
     COLUMNS,
     VARIANTS,
@@ -22,6 +22,7 @@ from dualtoken_lite.tools.ablation import (
     mean_spread,
     run_ablation,
 )
+from dualtoken_lite.tools.teacher import save_teacher
 
 # Small, fast runs: 2 steps at batch 4, small codebooks, one thread, no images.
 FAST = ["--batch_size", "4", "--threads", "1", "--log_every", "1", "--image_every", "0", "--eval_samples", "8",

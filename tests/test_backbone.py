@@ -7,6 +7,7 @@ import open_clip
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
@@ -18,9 +19,8 @@ from dualtoken_lite.model.backbone import (
     tapped_forward,
     teacher_targets,
 )
-from dualtoken_lite.model.config import BackboneConfig
+from dualtoken_lite.model.config import BackboneConfig, model_preset
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.presets import model_preset
 from dualtoken_lite.settings import ConfigError
 
 SMALL_ARCH = "dualtoken-test-siglip-small"  # a small SigLIP-layout open_clip model registered for these tests
@@ -114,6 +114,19 @@ def test_open_clip_random_build_matches_config(small_open_clip):
     assert isinstance(trunk, VisionTransformer) and len(trunk.blocks) == 3
     with pytest.raises(ConfigError, match="layers: config 4"):
         build_trunk(dataclasses.replace(SMALL, layers=4))
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+def test_every_mlp_of_the_tower_runs_the_configured_gelu(small_open_clip, activation):
+    """open_clip and timm build SigLIP towers with exact GELU; SigLIP's weights were trained with tanh's."""
+    for trunk in (build_trunk(dataclasses.replace(SMALL, activation=activation)),
+                  build_trunk(dataclasses.replace(SMALL, arch="tiny", activation=activation))):
+        x = torch.randn(3, 64)
+        for mlp in (*(block.mlp for block in trunk.blocks), trunk.attn_pool.mlp):
+            torch.testing.assert_close(mlp.act(x), F.gelu(x, approximate="tanh" if activation == "gelu_tanh" else "none"),
+                                       rtol=0, atol=0)
+    assert model_preset("so400m-384").backbone.activation == "gelu_tanh" == model_preset("so400m-256").backbone.activation
+    assert model_preset("tiny").backbone.activation == "gelu"  # the shipped tiny teacher was trained with exact GELU
 
 
 @pytest.mark.parametrize("prefix", ["", "trunk.", "encoder.trunk."])

@@ -20,9 +20,10 @@ from dualtoken_lite.evaluation import external as ext
 from dualtoken_lite.evaluation.loop import evaluate_codes
 from dualtoken_lite.evaluation.metrics import psnr, ssim
 from dualtoken_lite.model.config import BackboneConfig
-from dualtoken_lite.tinyworld.generator import CLASSES
-from dualtoken_lite.tinyworld.teacher import Teacher, save_teacher
+from dualtoken_lite.tinyworld.drawing import CLASSES
+from dualtoken_lite.tinyworld.teacher import Teacher
 from dualtoken_lite.tools import evaluate as ev
+from dualtoken_lite.tools.teacher import save_teacher
 
 
 class PooledColour(nn.Module):

@@ -6,8 +6,8 @@ import torch
 
 from dualtoken_lite.losses.config import LossConfig
 from dualtoken_lite.losses.gan import GanSchedule
-from dualtoken_lite.presets import loss_preset
 from dualtoken_lite.training.adversarial import Adversary
+from dualtoken_lite.training.presets import loss_preset
 
 
 def creation_steps(schedule: GanSchedule, steps: int) -> list[int]:

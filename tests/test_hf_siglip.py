@@ -2,20 +2,25 @@
 
 Tiny random towers are built with ``transformers``, every parameter perturbed (so a swapped norm or a transposed
 split shows), saved with ``save_pretrained`` and loaded through ``backbone.pretrained``; the hidden state after
-every block and the pooled output must equal transformers' to 1e-5.
+every block and the pooled output must equal transformers' to 1e-5, with the tanh GELU transformers' SigLIP
+runs, also after a DualToken built on such a tower is saved and loaded again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 
 import pytest
 import torch
 import transformers
 
-from dualtoken_lite.model.backbone import VisionTower, build_trunk, tapped_forward
-from dualtoken_lite.model.config import BackboneConfig
+from dualtoken_lite.model.backbone import VisionTower, build_trunk, tapped_forward, trunk_activation
+from dualtoken_lite.model.config import BackboneConfig, ModelConfig, model_preset
+from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.hf_siglip import hf_to_timm, require_transformers, resolve_hf_folder
+from dualtoken_lite.model.pretrained import CheckpointError
 from dualtoken_lite.settings import ConfigError
 from dualtoken_lite.training.setup import build_teacher
 
@@ -37,7 +42,7 @@ def images(size: int, batch: int = 2) -> torch.Tensor:
 
 def ours(folder, size: int) -> tuple[dict[int, torch.Tensor], torch.Tensor, BackboneConfig]:
     cfg = BackboneConfig(arch="hf-test", pretrained=str(folder), image_size=size, patch_size=8, width=64, layers=3,
-                         heads=4, mlp_ratio=1.5)
+                         heads=4, mlp_ratio=1.5, activation="gelu_tanh")  # transformers' default gelu_pytorch_tanh
     tower = VisionTower(cfg).eval()
     with torch.no_grad():
         taps, pooled = tapped_forward(tower, images(size), [1, 2, 3])
@@ -112,9 +117,51 @@ def test_a_full_siglip_model_folder_loads_its_vision_tower(tmp_path):
 def test_a_tower_that_disagrees_with_the_config_is_refused(siglip_folder):
     folder, _ = siglip_folder
     cfg = BackboneConfig(arch="hf-test", pretrained=str(folder), image_size=32, patch_size=8, width=64, layers=4,
-                         heads=4, mlp_ratio=1.5)
+                         heads=4, mlp_ratio=1.5, activation="gelu_tanh")
     with pytest.raises(ConfigError, match="layers: config 4 vs hf-test 3"):
         build_trunk(cfg)
+    with pytest.raises(ConfigError, match="activation: config gelu vs hf-test gelu_tanh.*activation gelu_tanh"):
+        build_trunk(dataclasses.replace(cfg, layers=3, activation="gelu"))
+
+
+def small_model_config(folder) -> ModelConfig:
+    """A DualToken on the 3-block test tower: taps 1 (pixel) and 3 (semantic), a 4 x 4 grid decoded to 32 px."""
+    cfg = model_preset("tiny")
+    cfg.backbone = BackboneConfig(arch="tiny", pretrained=str(folder), image_size=32, patch_size=8, width=64,
+                                  layers=3, heads=4, mlp_ratio=1.5, activation="gelu_tanh")
+    cfg.pixel_layer, cfg.shortcut_layer, cfg.semantic_layer, cfg.decoder_latent_grid = 1, None, 3, 4
+    for q in (cfg.pixel_quantizer, cfg.semantic_quantizer):
+        q.codebook_size = 16
+    return cfg
+
+
+def test_a_model_on_a_transformers_tower_keeps_its_gelu_through_save_and_load(siglip_folder, tmp_path):
+    """The tower is rebuilt from its name on loading: its tanh GELU must come back from config.json."""
+    torch.manual_seed(0)
+    model = DualToken(small_model_config(siglip_folder[0])).eval()
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["format_version"] == 2 and saved["model"]["backbone"]["activation"] == "gelu_tanh"
+    loaded = DualToken.from_pretrained(tmp_path / "m")
+    assert trunk_activation(loaded.encoder.trunk) == "gelu_tanh"
+    with torch.no_grad():
+        assert torch.equal(loaded.embed(images(32)), model.embed(images(32)))
+
+
+def test_a_folder_saved_before_the_activation_was_stored_loads_as_it_did(siglip_folder, tmp_path):
+    """Format version 1 had no activation field and always rebuilt the tower with exact GELU."""
+    torch.manual_seed(0)
+    DualToken(small_model_config(siglip_folder[0])).save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["model"]["backbone"]["activation"]
+    config["format_version"], config["model"]["proj_pool_heads"] = 1, False  # as version 1 wrote it
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    loaded = DualToken.from_pretrained(tmp_path / "m")
+    assert loaded.cfg.backbone.activation == "gelu" and trunk_activation(loaded.encoder.trunk) == "gelu"
+    config["model"]["proj_pool_heads"] = True  # a layout the release never had
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="proj_pool_heads=true.*never had"):
+        DualToken.from_pretrained(tmp_path / "m")
 
 
 def test_every_tensor_is_read_and_extra_ones_are_refused(siglip_folder):

@@ -12,7 +12,7 @@ from torch import nn
 
 from dualtoken_lite.losses import terms as L
 from dualtoken_lite.losses.gan import PatchDiscriminator
-from dualtoken_lite.presets import loss_preset
+from dualtoken_lite.training.presets import loss_preset
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -94,7 +94,7 @@ def test_hinge_losses_by_hand():
     # lrelu(1 - real) = [-0.01, 1], lrelu(1 + fake) = [-0.02, 2] with the release's slope 0.01
     assert L.discriminator_hinge_loss(real, fake).item() == pytest.approx(0.5 * (0.495 + 0.99))
     assert L.discriminator_hinge_loss(real, fake, slope=0.0).item() == pytest.approx(0.5 * (0.5 + 1.0))
-    assert L.generator_adversarial_loss(fake).item() == pytest.approx(1.0)
+    assert L.adversarial_loss(fake).item() == pytest.approx(1.0)
 
 
 def test_commitment_counts_a_shared_quantizer_once():
@@ -114,7 +114,7 @@ def linear_decoder_case(v_scale: float):
     v = torch.randn(4, generator=g) * v_scale
     x_hat = z @ W.T  # (B, m)
     nll = F.mse_loss(x_hat, x)
-    g_loss = L.generator_adversarial_loss(x_hat @ v)
+    g_loss = L.adversarial_loss(x_hat @ v)
     zn, xn, Wn, vn = (t.detach().double().numpy() for t in (z, x, W, v))
     d_nll = 2.0 / xn.size * (zn @ Wn.T - xn).T @ zn  # dMSE/dW = 2/(B m) (x_hat - x)^T z
     d_g = -np.outer(vn, zn.sum(0)) / zn.shape[0]  # d(-mean_b x_hat_b . v)/dW = -(1/B) v (sum_b z_b)^T
@@ -145,7 +145,7 @@ def test_adaptive_weight_under_bf16_autocast_is_close_to_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             x_hat = dec(z)
             nll = L.reconstruction_loss(x_hat, x)
-            g_loss = L.generator_adversarial_loss(disc(x_hat))
+            g_loss = L.adversarial_loss(disc(x_hat))
             return L.adaptive_gan_weight(nll, g_loss, dec[2].weight, lo=1e-6, hi=1e6).item()  # unclamped
 
     fp32, bf16 = weight(False), weight(True)
@@ -158,14 +158,14 @@ def test_adaptive_weight_needs_a_trainable_last_layer():
         L.adaptive_gan_weight(nll, g_loss, W.detach())
 
 
-# ------------------------------------------------------------------------------------- generator_loss
-def test_generator_loss_total_is_the_weighted_sum_of_its_terms(setup):
+# ------------------------------------------------------------------------------------- tokenizer_loss
+def test_tokenizer_loss_total_is_the_weighted_sum_of_its_terms(setup):
     gen, disc, images, targets = setup
     cfg = loss_preset("so400m-384")
     lp = SimpleNamespace(label="fake-lpips")
     perceptual = lambda a, b: 2 * F.l1_loss(a, b)  # noqa: E731 (stands in for LPIPS)
     out = gen(images)
-    total, logs = L.generator_loss(out, images, cfg, teacher=targets, perceptual=perceptual, discriminator=disc,
+    total, logs = L.tokenizer_loss(out, images, cfg, teacher=targets, perceptual=perceptual, discriminator=disc,
                                    last_layer=gen.decoder.conv_out.weight, stage=1, gan_weight=0.75)
     rec = F.mse_loss(out.reconstruction, images)
     assert logs["recon"].item() == pytest.approx(rec.item(), rel=1e-6)
@@ -190,7 +190,7 @@ def test_stages_switch_terms_off(setup, stage, present, absent):
     gen, disc, images, targets = setup
     cfg = loss_preset("tiny")  # no perceptual term
     out = gen(images)
-    total, logs = L.generator_loss(out, images, cfg, teacher=targets, discriminator=disc,
+    total, logs = L.tokenizer_loss(out, images, cfg, teacher=targets, discriminator=disc,
                                    last_layer=gen.decoder.conv_out.weight, stage=stage, gan_weight=0.75)
     assert present <= logs.keys() and not absent & logs.keys() and "perceptual" not in logs
     assert logs["gan_weight"].item() == 0.0
@@ -202,21 +202,21 @@ def test_missing_pieces_are_named(setup):
     gen, disc, images, targets = setup
     out = gen(images)
     with pytest.raises(ValueError, match="no perceptual module"):
-        L.generator_loss(out, images, loss_preset("so400m-384"), teacher=targets)
+        L.tokenizer_loss(out, images, loss_preset("so400m-384"), teacher=targets)
     cfg = loss_preset("tiny")
     with pytest.raises(ValueError, match="no teacher targets"):
-        L.generator_loss(out, images, cfg)
+        L.tokenizer_loss(out, images, cfg)
     with pytest.raises(ValueError, match="no discriminator"):
-        L.generator_loss(out, images, cfg, teacher=targets, gan_weight=0.75)
+        L.tokenizer_loss(out, images, cfg, teacher=targets, gan_weight=0.75)
     with pytest.raises(ValueError, match="last_layer"):
-        L.generator_loss(out, images, cfg, teacher=targets, discriminator=disc, gan_weight=0.75)
+        L.tokenizer_loss(out, images, cfg, teacher=targets, discriminator=disc, gan_weight=0.75)
 
 
 def test_generator_and_discriminator_steps_do_not_touch_each_others_grads(setup):
     gen, disc, images, targets = setup
     cfg = loss_preset("tiny")
     out = gen(images)
-    total, _ = L.generator_loss(out, images, cfg, teacher=targets, discriminator=disc,
+    total, _ = L.tokenizer_loss(out, images, cfg, teacher=targets, discriminator=disc,
                                 last_layer=gen.decoder.conv_out.weight, gan_weight=0.75)
     total.backward()
     assert all(g is None for g in grads(disc).values())  # D stays untouched by the generator's backward
@@ -246,8 +246,8 @@ def test_discriminator_loss_by_hand_on_a_constant_critic():
 
 
 def test_teacher_gets_no_gradients_through_the_real_model():
+    from dualtoken_lite.model.config import model_preset
     from dualtoken_lite.model.dualtoken import DualToken
-    from dualtoken_lite.presets import model_preset
 
     torch.manual_seed(0)
     model = DualToken(model_preset("tiny"))
@@ -255,7 +255,7 @@ def test_teacher_gets_no_gradients_through_the_real_model():
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     targets = L.targets_from_teacher(teacher, images, model.cfg.semantic_layer)
     assert not targets.hidden.requires_grad and not targets.pooled.requires_grad
-    total, logs = L.generator_loss(model(images), images, loss_preset("tiny"), teacher=targets, stage=1)
+    total, logs = L.tokenizer_loss(model(images), images, loss_preset("tiny"), teacher=targets, stage=1)
     total.backward()
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert model.encoder.trunk.blocks[0].attn.qkv.weight.grad is not None
@@ -269,7 +269,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(setup, gan):
     cfg = loss_preset("tiny")
     kw = dict(discriminator=disc, gan_weight=0.75 if gan else 0.0, adaptive_weight=2.0)  # one g_w per step
 
-    total, _ = L.generator_loss(gen(images), images, cfg, teacher=targets, **kw)
+    total, _ = L.tokenizer_loss(gen(images), images, cfg, teacher=targets, **kw)
     total.backward()
     d_loss, _ = L.discriminator_loss(disc, images, gen(images).reconstruction, cfg)
     d_loss.backward()
@@ -280,7 +280,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(setup, gan):
     for part in range(k):
         sl = slice(2 * part, 2 * part + 2)
         sub = L.TeacherTargets(targets.hidden[sl], targets.pooled[sl])
-        total, _ = L.generator_loss(gen(images[sl]), images[sl], cfg, teacher=sub, **kw)
+        total, _ = L.tokenizer_loss(gen(images[sl]), images[sl], cfg, teacher=sub, **kw)
         (total / k).backward()
         d_loss, _ = L.discriminator_loss(disc, images[sl], gen(images[sl]).reconstruction, cfg)
         (d_loss / k).backward()

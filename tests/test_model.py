@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dualtoken_lite.model.backbone import teacher_targets
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.pretrained import CheckpointError
-from dualtoken_lite.presets import model_preset
 from dualtoken_lite.settings import ConfigError
 
 
@@ -73,6 +73,10 @@ def test_shapes_and_codes_api(name):
     pixel_codes, semantic_codes = model.encode(x)
     torch.testing.assert_close(model.decode(pixel_codes), out.reconstruction, rtol=0, atol=1e-6)
     assert torch.equal(pixel_codes, out.pixel_codes)
+    # the first d depths: the decoder on their partial sum, from the full codes or from just those d
+    first = model.decode_quantized(model.pixel_quantizer.decode(pixel_codes, depths=1))
+    assert torch.equal(model.decode(pixel_codes, depths=1), first)
+    assert torch.equal(model.decode(pixel_codes[..., :1], depths=1), first)
     if cfg.semantic_layer is None:
         assert out.semantic is None and out.semantic_codes is None and semantic_codes is None
         assert out.semantic_features is None and out.pooled is None

@@ -6,8 +6,8 @@ Each preset is built once for this file (~5-12 s, ~4 GB); nothing is trained. Ke
 import pytest
 import torch
 
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.presets import model_preset
 
 # docs/method.md §2, released model with code dim 32. The 256 px tower differs only in its patch and position embeddings.
 COUNTS = {

@@ -113,7 +113,7 @@ def test_shape_mismatch_is_explained(random_lpips):
 
 
 def test_the_loss_config_decides_whether_lpips_is_built():
-    from dualtoken_lite.presets import loss_preset
+    from dualtoken_lite.training.presets import loss_preset
 
     assert P.build_perceptual(loss_preset("tiny")) is None  # no perceptual term: no VGG at all
     with pytest.raises(P.PerceptualWeightsMissing):

@@ -10,7 +10,7 @@ from release_layout import random_release_state
 
 from dualtoken_lite.model.release import model_from_release
 from dualtoken_lite.settings import ConfigError
-from dualtoken_lite.tinyworld.generator import make_sample
+from dualtoken_lite.tinyworld.drawing import make_sample
 from dualtoken_lite.tinyworld.shards import encode_png
 from dualtoken_lite.training import distributed as dist_utils
 from dualtoken_lite.training.arguments import parse_args
@@ -64,7 +64,7 @@ def test_release_flags_map_to_our_settings():
 @pytest.mark.parametrize("flag, value, ours", [
     ("--precision", "fp16", "--precision amp_bf16"), ("--precision", "pure_bf16", "--bf16 true"),
     ("--lr-scheduler", "const-cooldown", "--min_lr_ratio"), ("--report-to", "wandb", "--report-to tensorboard"),
-    ("--imagenet-val", "/data/imagenet/val", "python -m dualtoken_lite.evaluate RUN --data IMAGENET_VAL --zero-shot"),
+    ("--imagenet-val", "/data/imagenet/val", "python -m dualtoken_lite evaluate RUN --data IMAGENET_VAL --zero-shot"),
 ])
 def test_release_flags_we_do_not_have_are_refused_naming_ours(flag, value, ours):
     with pytest.raises(ConfigError, match=f"{flag} {value}: .*{ours}"):
@@ -83,7 +83,7 @@ def test_grad_clip_norm_bounds_the_gradient_the_optimizer_sees(train_shard, tmp_
         cfg = parse_args([*FAST, "--train-data", train_shard, "--out", str(tmp_path), "--deterministic", "true",
                           *(["--grad-clip-norm", clip] if clip else [])])
         tr = build_trainer(cfg, dist_utils.setup("cpu"))
-        tr.generator_micro_step(tr.model, next(tr.batches()), scale=1.0)
+        tr.tokenizer_micro_step(tr.model, next(tr.batches()), scale=1.0)
         adamw_step = tr.optimizer.step
 
         def step_seeing_the_gradient(tr=tr, adamw_step=adamw_step):
@@ -107,15 +107,34 @@ def test_seed_sets_the_initial_weights(train_shard, tmp_path):
     assert not torch.equal(first_weights("3"), first_weights("4"))
 
 
+# a tiny run with the release's structure and architecture: a shortcut tap, 32 GroupNorm groups, tanh GELU
+RELEASE_SHAPED = ["--model.pixel_layer", "2", "--model.shortcut_layer", "1", "--model.decoder_norm_groups", "32",
+                  "--model.backbone.activation", "gelu_tanh"]
+
+
 def test_load_from_takes_a_release_checkpoint_file(train_shard, tmp_path):
     """The release's --load_from names its own .pt file: the run starts from those weights, converted."""
-    taps = ["--model.pixel_layer", "2", "--model.shortcut_layer", "1"]  # release checkpoints have a shortcut
-    cfg = parse_args([*FAST, *taps, "--train-data", train_shard, "--out", str(tmp_path / "run")])
+    cfg = parse_args([*FAST, *RELEASE_SHAPED, "--train-data", train_shard, "--out", str(tmp_path / "run")])
     state = random_release_state(cfg.model)
     torch.save({"state_dict": state}, tmp_path / "stage1.pt")
-    cfg = parse_args([*FAST, *taps, "--train-data", train_shard, "--out", str(tmp_path / "run"),
+    cfg = parse_args([*FAST, *RELEASE_SHAPED, "--train-data", train_shard, "--out", str(tmp_path / "run"),
                       "--load_from", str(tmp_path / "stage1.pt")])
     tr = build_trainer(cfg, dist_utils.setup("cpu"))
-    want, _, _ = model_from_release(state, "tiny")
+    want, _, _ = model_from_release(state, model_cfg=cfg.model)
     for name, tensor in want.state_dict().items():
         assert torch.equal(tr.model.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize("load_from", [False, True])
+def test_the_gan_starts_with_its_epoch_when_the_run_starts_from_weights(train_shard, tmp_path, load_from):
+    """The release: with --load_from the discriminator trains from the first step of gan_start_epoch, without it
+    from the second half of that epoch."""
+    cfg = parse_args([*FAST, *RELEASE_SHAPED, "--train-data", train_shard, "--out", str(tmp_path / "run")])
+    torch.save({"state_dict": random_release_state(cfg.model)}, tmp_path / "stage1.pt")
+    start = ["--load_from", str(tmp_path / "stage1.pt")] if load_from else []
+    cfg = parse_args([*FAST, *RELEASE_SHAPED, "--train-data", train_shard, "--out", str(tmp_path / "run"),
+                      "--gan_start_epoch", "1", "--max_steps", "20", *start])
+    tr = build_trainer(cfg, dist_utils.setup("cpu"))
+    S = tr.steps_per_epoch
+    assert S >= 2, "an epoch of one step has no second half to tell the two starts apart"
+    assert tr.adversary.schedule.start_step == S + (0 if load_from else (S + 1) // 2)

@@ -227,3 +227,21 @@ def test_bad_input_raises(z, match):
 def test_bad_codes_raise(codes, match):
     with pytest.raises(ValueError, match=match):
         make().decode(codes)
+
+
+@pytest.mark.parametrize("options", OPTIONS[:2])
+def test_decoding_the_first_depths_sums_only_their_codes(options):
+    rq = trained(**options).eval()
+    codes = rq(torch.randn(10, rq.dim)).codes  # (10, 3)
+    by_hand = [torch.zeros(10, rq.dim)]
+    for d in range(rq.depth):
+        by_hand.append(by_hand[-1] + rq.codebook_at(d).embed[codes[:, d]])
+    for d in range(1, rq.depth + 1):
+        assert torch.equal(rq.decode(codes, depths=d), by_hand[d])  # the full codes, first d depths used
+        assert torch.equal(rq.decode(codes[:, :d], depths=d), by_hand[d])  # or just those d codes
+    assert torch.equal(rq.decode(codes), rq.decode(codes, depths=rq.depth))
+    for bad in (0, rq.depth + 1):
+        with pytest.raises(ValueError, match="depths"):
+            rq.decode(codes, depths=bad)
+    with pytest.raises(ValueError, match="shape"):
+        rq.decode(codes[:, :2], depths=1)  # two codes but one depth asked: ambiguous, refused

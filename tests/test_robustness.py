@@ -1,25 +1,29 @@
-"""Careless or hostile input: nothing hangs, nothing is overwritten or mixed, nothing non-finite is saved, and
-every user error ends in one or two lines on stderr with exit code 2 (a bug still shows its traceback)."""
+"""Careless or hostile input: nothing hangs, nothing is overwritten or mixed, two runs never share a folder, nothing
+non-finite is saved, a link loop repeats no image, and every user error ends in one or two lines on stderr with exit
+code 2 (a bug still shows its traceback). Stops by signal and full disks: tests/test_train.py."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.pretrained import CheckpointError
-from dualtoken_lite.presets import model_preset
 from dualtoken_lite.settings import ConfigError, UserError, run_cli
-from dualtoken_lite.tinyworld.generator import make_sample
+from dualtoken_lite.tinyworld.drawing import make_sample
 from dualtoken_lite.tinyworld.shards import encode_png
 from dualtoken_lite.training.arguments import parse_args
 
@@ -39,11 +43,17 @@ def shard(path: Path, good: int, bad: int = 0, split: str = "train") -> str:
     return str(path)
 
 
-def cli(*args: str, module: str = "dualtoken_lite.train", timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+def quiet_env(**extra: str) -> dict:
+    """One thread, offline, user errors without tracebacks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
     env.pop("DUALTOKEN_LITE_TRACEBACK", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return env
+
+
+def cli(*args: str, command: str = "train", timeout: int = 240) -> subprocess.CompletedProcess:
+    """``python -m dualtoken_lite COMMAND ARGS`` in a fresh process, one thread, offline."""
+    return subprocess.run([sys.executable, "-m", "dualtoken_lite", command, *args], cwd=ROOT, env=quiet_env(),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -76,15 +86,110 @@ def test_data_that_cannot_fill_a_batch_is_an_error_not_a_hang(data, tmp_path, ki
     result = cli(*FAST, "--train-data", data[kind], "--max_steps", "3", "--out", str(tmp_path / "run"), timeout=120)
     err = user_error(result, data[kind], *fragments)
     assert err.count("skipping sample") <= 10  # warnings stay few
+    assert not (tmp_path / "run").exists()  # nothing written: the corrected retry is a new run, not "already a run"
 
 
 # ---------------------------------------------------------------------------------- 2, 3. run folders, resume
+# A short run, as `make demo` starts one (--resume auto); deterministic, so that two runs of it are bit-identical.
+SHORT = [*FAST, "--max_steps", "4", "--save_every", "2", "--deterministic", "true", "--resume", "auto"]
+
+
 @pytest.fixture(scope="module")
 def finished(data, tmp_path_factory) -> Path:
+    """A finished run, trained alone: the reference of the two-trainer races."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    result = cli(*FAST, "--train-data", data["good"], "--max_steps", "4", "--save_every", "2", "--out", str(out))
+    result = cli(*SHORT, "--train-data", data["good"], "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     return out
+
+
+# ------------------------------------------------------------------------------------ 1. one owner per folder
+@pytest.fixture
+def trainers(tmp_path):
+    """Start trainers in fresh processes with a fault of tests/train_with_fault.py (``wait-after-step:N`` holds one
+    still after step N until the file ``go`` exists); whatever the test's outcome, none is left behind."""
+    go, started = tmp_path / "go", []
+
+    def start(args: list[str], fault: str) -> subprocess.Popen:
+        started.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "train_with_fault.py"), fault, *args],
+                                        cwd=ROOT, env=quiet_env(FAULT_GO=str(go)), stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
+        return started[-1]
+
+    yield start, go
+    go.touch()
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def same_tensors(a, b) -> bool:
+    """Nested dicts / lists / tuples of tensors and plain values, equal exactly."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_same_run(run: Path, solo: Path) -> None:
+    """``run`` holds what the solo run holds: weights, checkpoints (weights and training state), config.json (but
+    its folder) and metrics (but their timing)."""
+    for folder in ("model", *(f"checkpoints/{p.name}" for p in (solo / "checkpoints").glob("step_*"))):
+        a, b = load_file(str(run / folder / "model.safetensors")), load_file(str(solo / folder / "model.safetensors"))
+        assert same_tensors(a, b), f"{folder}: weights differ"
+    steps = sorted(p.name for p in (solo / "checkpoints").glob("step_*"))
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == steps
+    for step in steps:
+        state = [torch.load(r / "checkpoints" / step / "training_state.pt", weights_only=True) for r in (run, solo)]
+        assert same_tensors(*state), f"{step}: training state differs"
+    configs = [json.loads((r / "config.json").read_text()) for r in (run, solo)]
+    assert {**configs[0], "out": None} == {**configs[1], "out": None}
+    metrics = [[{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+                for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (run, solo)]
+    assert metrics[0] == metrics[1]
+    assert json.loads((run / "summary.json").read_text()) == json.loads((solo / "summary.json").read_text())
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in solo.iterdir())  # no lock, no temporary
+
+
+def holder_named(stderr: str, pid: int) -> None:
+    assert f"in use by another run: PID {pid} on host {socket.gethostname()}" in stderr, stderr[-2000:]
+
+
+def test_two_trainers_started_together_on_one_folder_one_trains(data, finished, tmp_path, trainers):
+    (trainer, go), out = trainers, tmp_path / "run"
+    args = [*SHORT, "--train-data", data["good"], "--out", str(out)]
+    both = [trainer(args, "wait-after-step:1") for _ in range(2)]  # the winner waits after step 1 for `go`
+    deadline = time.monotonic() + 240
+    while all(p.poll() is None for p in both) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loser = next(p for p in both if p.poll() is not None)
+    winner = next(p for p in both if p is not loser)
+    _, err = loser.communicate()
+    assert loser.returncode == 2 and "Traceback" not in err, err[-2000:]
+    holder_named(err, winner.pid)
+    go.touch()
+    _, err = winner.communicate(timeout=240)
+    assert winner.returncode == 0, err[-2000:]
+    assert_same_run(out, finished)
+
+
+def test_a_trainer_started_while_another_trains_is_refused_and_changes_nothing(data, finished, tmp_path, trainers):
+    (trainer, go), out = trainers, tmp_path / "run"
+    args = [*SHORT, "--train-data", data["good"], "--out", str(out)]
+    first = trainer(args, "wait-after-step:2")
+    while not (out / "metrics.jsonl").is_file() and first.poll() is None:  # training: step 1 is logged
+        time.sleep(0.05)
+    second = cli(*args)  # what a second terminal typing `make demo` runs
+    user_error(second, "in use by another run", "Wait for it to end")
+    holder_named(second.stderr, first.pid)
+    go.touch()
+    _, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err[-2000:]
+    assert_same_run(out, finished)
 
 
 def snapshot(folder: Path) -> dict[str, float]:
@@ -166,6 +271,7 @@ def test_non_finite_hyperparameters_are_refused_at_config_time(flag, value):
 def test_non_finite_weights_are_never_saved(data, tmp_path):
     out = tmp_path / "run"
     script = ("import torch, sys\n"
+              "from dualtoken_lite.settings import run_cli\n"
               "from dualtoken_lite.training.loop import RunHooks, main\n"
               "import dualtoken_lite.training.loop as L\n"
               "orig = L.build_trainer\n"
@@ -178,7 +284,7 @@ def test_non_finite_weights_are_never_saved(data, tmp_path):
               "    return tr\n"
               "L.build_trainer = build\n"
               "hooks = RunHooks()\n"
-              "main(sys.argv[1:], hooks)\n")
+              "sys.exit(run_cli(lambda argv: main(argv, hooks), sys.argv[1:]))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script, *FAST, "--train-data", data["good"], "--max_steps", "4",
                              "--save_every", "2", "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
@@ -215,7 +321,7 @@ def test_tokens_decode_refuses_what_it_would_lose_or_invent(model_dir, tmp_path,
     else:
         pixel = pixel > 3
     path = codes_file(tmp_path / "codes.safetensors", pixel, names)
-    result = cli("decode", str(model_dir), path, "--out", str(tmp_path / "out"), module="dualtoken_lite.tokens")
+    result = cli("decode", str(model_dir), path, "--out", str(tmp_path / "out"), command="tokens")
     fragments = {"short_names": ["1 names for 2 code maps"], "float": ["torch.float32"], "bool": ["torch.bool"]}
     user_error(result, *fragments[kind])
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
@@ -227,7 +333,7 @@ def test_tokens_shard_without_its_json_member_is_named(model_dir, tmp_path):
         buffer = __import__("io").BytesIO()
         np.save(buffer, np.zeros((8, 8, 8), dtype=np.int32))
         sink.write({"__key__": "00000000", "pixel.npy": buffer.getvalue()})
-    result = cli("decode", str(model_dir), str(path), "--out", str(tmp_path / "out"), module="dualtoken_lite.tokens")
+    result = cli("decode", str(model_dir), str(path), "--out", str(tmp_path / "out"), command="tokens")
     user_error(result, "no json member")
 
 
@@ -284,6 +390,34 @@ def test_a_truncated_weights_file_is_named(model_dir, tmp_path, content):
         DualToken.from_pretrained(folder)
 
 
+# ------------------------------------------------------------------------------------------ links in folders
+def test_a_link_loop_gives_each_tool_one_image(model_dir, tmp_path, capsys):
+    """``sub/up -> ..`` beside one image: followed blindly it is 41 images (40 levels of links) to every tool."""
+    from dualtoken_lite.tools import evaluate, reconstruct, tokens
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(make_sample(0, "eval")[0]).save(folder / "a.png")
+    (folder / "sub" / "up").symlink_to("..")
+    assert run_cli(reconstruct.main, [str(model_dir), str(folder), str(folder / "a.png"), "--out",
+                                      str(tmp_path / "rec"), "--device", "cpu"]) == 0
+    assert [p.name for p in (tmp_path / "rec").glob("*_recon.png")] == ["a_recon.png"]
+    assert "1 input path(s) led to a file already read" in capsys.readouterr().err  # a.png named twice
+    assert run_cli(evaluate.main, [str(model_dir), "--data", str(folder), "--device", "cpu", "--teacher", "none",
+                                   "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["images"] == 1
+    assert run_cli(tokens.main, ["encode", str(model_dir), str(folder), "--out", str(tmp_path / "c.safetensors"),
+                                 "--device", "cpu"]) == 0
+    assert json.loads(safe_open_names(tmp_path / "c.safetensors")) == [str(folder / "a.png")]
+
+
+def safe_open_names(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()["names"]
+
+
 # ----------------------------------------------------------------------------------------- 7. small ones
 @pytest.mark.parametrize("flag, value, fragment", [("--model.backbone.patch_size", "0", "patch_size=0"),
                                                    ("--threads", "0", "threads=0"),
@@ -307,6 +441,40 @@ def test_train_help_lists_the_flags():
 
 
 # --------------------------------------------------------------------------------------- errors speak
+@pytest.mark.parametrize("argv, fragment", [
+    ("evaluate {model} --data tinyworld-eval --max-images 0", "--max-images must be >= 1"),
+    ("reconstruct {model} {tmp}/photos --out {tmp}/file", "--out {tmp}/file is a file"),
+    ("reconstruct {model} {tmp}/photos --out {tmp}/r --batch-size 0", "--batch-size must be >= 1"),
+    ("tokens encode {model} {tmp}/photos --out {tmp}/codes.xyz", "the file type must be"),
+    ("tokens encode {model} {tmp}/photos --out {tmp}/file/codes.npy", "{tmp}/file is not a writable folder"),
+    ("tokens decode {model} {tmp}/none.safetensors --out {tmp}/d", "none.safetensors does not exist"),
+    ("tinyworld --out {tmp}/file/shards", "{tmp}/file is not a writable folder"),
+    ("train --out {tmp}/file/run", "{tmp}/file is a file"),
+    ("train_reader --loop.steps 0", "loop.steps=0 must be >= 1"),
+    ("train_generator --out {tmp}/file", "{tmp}/file exists and is not a folder"),
+    ("generate data/unified/generator-both --prompt star --out {tmp}/g --tokenizer {tmp}/photos",
+     "no model.safetensors there"),
+    ("unified_results --runs {tmp}/none --out {tmp}/u", "not found"),
+    ("ablation --nonsense 1", "has no field 'nonsense'"),
+])
+def test_every_command_says_a_user_error_in_one_line(model_dir, tmp_path, capsys, argv, fragment):
+    """Before any work: one line (argparse's own errors: its usage, then one error line), exit 2, no traceback."""
+    from dualtoken_lite.__main__ import run
+
+    (tmp_path / "file").write_text("")
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(make_sample(0, "eval")[0]).save(tmp_path / "photos" / "a.png")
+    try:
+        code = run(argv.format(model=model_dir, tmp=tmp_path).split())
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and fragment.format(tmp=tmp_path) in err, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 or (lines[0].startswith("usage:") and ": error: " in lines[-1]), err
+
+
+
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, monkeypatch):
     def bad_flag(argv):
         raise ConfigError("lr=-1 must be > 0")

@@ -46,8 +46,7 @@ def test_readme_quotes_the_shipped_figures(card):
 
 def test_shipped_tokenizer_is_the_tiny_preset(card):
     from dualtoken_lite import preset
-    from dualtoken_lite.settings import to_dict
+    from dualtoken_lite.model.pretrained import load_config
 
-    config = json.loads((TOKENIZER / "config.json").read_text())["model"]
-    assert config == json.loads(json.dumps(to_dict(preset("tiny").model)))
+    assert load_config(TOKENIZER) == preset("tiny").model  # a format-version-1 folder, read as it always was
     assert card["command"].startswith("python -m dualtoken_lite.train --preset tiny")

@@ -37,7 +37,7 @@ cfg = parse_args(["--preset", "tiny", "--teacher", "backbone", "--batch_size", "
 tr = build_trainer(cfg, dist_utils.setup("cpu"))
 batches = tr.batches()
 for _ in range(3):
-    tr.generator_micro_step(tr.model, next(batches), scale=1.0)
+    tr.tokenizer_micro_step(tr.model, next(batches), scale=1.0)
     tr.optimizer_step()
     tr.model.update_codebooks()
 save_file({k: v.contiguous() for k, v in tr.model.state_dict().items()}, out)
@@ -139,7 +139,7 @@ def test_onednn_linear_changes_a_training_step_only_by_rounding():
                           "--onednn_linear", on])
         tr = build_trainer(cfg, dist_utils.setup("cpu"))
         assert any(isinstance(m, OneDNNLinear) for m in tr.model.modules()) == (on == "true")
-        tr.generator_micro_step(tr.model, next(tr.batches()), scale=1.0)
+        tr.tokenizer_micro_step(tr.model, next(tr.batches()), scale=1.0)
         grads[on] = {n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None}
     scale = max(float(g.abs().max()) for g in grads["false"].values())
     assert grads["true"].keys() == grads["false"].keys()

@@ -9,16 +9,17 @@ import torch
 from dualtoken_lite.losses import terms as L
 from dualtoken_lite.losses.gan import PatchDiscriminator
 from dualtoken_lite.losses.stages import STAGES, apply_stage, frozen_block_count, get_stage, stage_train_mode
+from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.presets import loss_preset, model_preset
+from dualtoken_lite.training.presets import loss_preset
 
 PIXEL_PARTS = ("pixel_proj.", "shortcut_proj.", "pixel_post_proj.", "post_quant_block.", "decoder.", "pixel_quantizer.")
 
 
 def tiny_config(variant: str):
     cfg = model_preset("tiny")
-    cfg.pixel_layer, cfg.shortcut_layer = 2, 1  # the paper's tap structure (stage 2 freezes before the shortcut)
-    if variant == "deep-shortcut":  # so that stage 2 freezes some blocks: blocks 1..2 precede the shortcut
+    cfg.pixel_layer, cfg.shortcut_layer = 2, 1  # the paper's tap structure (stage 2 freezes through the shortcut)
+    if variant == "deep-shortcut":  # stage 2 freezes blocks 1..3 and leaves block 4, which feeds the pixel tap
         cfg.shortcut_layer, cfg.pixel_layer = 3, 4
     return cfg
 
@@ -31,8 +32,8 @@ def expected_frozen(name: str, stage: int, cfg) -> bool:
         return embedding or (block is not None and block <= cfg.semantic_layer)
     if stage == 1:
         return False
-    before_shortcut = block is not None and block < cfg.shortcut_layer
-    return embedding or before_shortcut or name.startswith(PIXEL_PARTS)
+    through_shortcut = block is not None and block <= cfg.shortcut_layer  # the release: layers[0:layer_shortcut]
+    return embedding or through_shortcut or name.startswith(PIXEL_PARTS)
 
 
 @pytest.fixture(scope="module", params=["tiny", "deep-shortcut"])
@@ -55,9 +56,9 @@ def test_block_counts_follow_the_config_at_paper_scale():
     cfg = model_preset("so400m-384")
     assert frozen_block_count(STAGES[0], cfg) == 26  # blocks 1..26 of 27
     assert frozen_block_count(STAGES[1], cfg) == 0
-    assert frozen_block_count(STAGES[2], cfg) == 3  # blocks 1..3: before the shortcut tap at block 4
+    assert frozen_block_count(STAGES[2], cfg) == 4  # blocks 1..4, the release's encoder.layers[0:layer_shortcut]
     cfg.shortcut_layer = None
-    assert frozen_block_count(STAGES[2], cfg) == 5  # no shortcut: the blocks before pixel_layer 6
+    assert frozen_block_count(STAGES[2], cfg) == 6  # no shortcut: blocks 1..pixel_layer 6
     cfg.semantic_layer = None
     with pytest.raises(ValueError, match="semantic_layer=None"):
         frozen_block_count(STAGES[0], cfg)
@@ -88,7 +89,7 @@ def test_one_training_step_runs_in_every_stage(stage):
     codebooks = {n: b.clone() for n, b in model.named_buffers() if n.endswith(".embed")}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     targets = L.targets_from_teacher(teacher, images, model.cfg.semantic_layer)
-    total, logs = L.generator_loss(model(images), images, cfg, teacher=targets, discriminator=disc,
+    total, logs = L.tokenizer_loss(model(images), images, cfg, teacher=targets, discriminator=disc,
                                    last_layer=model.decoder.conv_out.weight, stage=stage, gan_weight=0.75)
     total.backward()
     opt.step()

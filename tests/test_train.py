@@ -1,10 +1,12 @@
-"""The trainer: resume after SIGKILL equals an unbroken run, accumulation equals a big batch, stages freeze,
-configs fail before data is read, bad samples are counted, NaN stops cleanly, two processes agree."""
+"""The trainer: resume after SIGKILL or SIGTERM or a full disk equals an unbroken run, a second Ctrl-C stops at once,
+accumulation equals a big batch, stages freeze, configs fail before data is read, bad samples are counted, NaN
+stops cleanly, two processes agree (also on when to stop)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import webdataset as wds
 from safetensors.torch import load_file
 
 from dualtoken_lite.settings import ConfigError
-from dualtoken_lite.tinyworld.generator import make_sample
+from dualtoken_lite.tinyworld.drawing import make_sample
 from dualtoken_lite.tinyworld.shards import encode_png
 from dualtoken_lite.training import distributed as dist_utils
 from dualtoken_lite.training.arguments import parse_args
@@ -52,6 +54,7 @@ def _args(shards, out, *extra) -> list[str]:
 def _cli(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
     """The trainer's command line in a subprocess; ``fault`` goes through tests/train_with_fault.py's hooks."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("DUALTOKEN_LITE_TRACEBACK", None)
     entry = [str(Path(__file__).with_name("train_with_fault.py")), fault] if fault else ["-m", "dualtoken_lite.train"]
     return subprocess.run([sys.executable, *entry, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -81,12 +84,74 @@ def test_sigkill_then_resume_equals_the_unbroken_run(shards, unbroken, tmp_path,
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() in ("step_00000002", "step_00000004")
     resumed = _cli(_args(shards, tmp_path, *RESUME, "--resume", str(tmp_path)))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "took over" in resumed.stderr and "which has ended" in resumed.stderr  # the killed run's lock file
     weights = _weights(tmp_path)
     assert weights.keys() == unbroken.keys()
     for name, tensor in unbroken.items():
         assert torch.equal(weights[name], tensor), f"{name} differs after resume ({fault})"
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 6, "a resumed run re-logs the repeated steps exactly once"
+
+
+def _one_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The line of stderr that holds every fragment; no traceback anywhere."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if all(f in line for f in fragments)]
+    assert len(lines) == 1, (fragments, result.stderr[-3000:])
+    return lines[0]
+
+
+def _continue(line: str) -> subprocess.CompletedProcess:
+    """Run the command a stop line prints (``... continue the run with: python -m dualtoken_lite.train ...``)."""
+    argv = shlex.split(line.split("continue the run with: ")[1].removesuffix(" (once there is space)"))
+    assert argv[:3] == ["python", "-m", "dualtoken_lite.train"], argv
+    return _cli(argv[3:])
+
+
+def _assert_equals_unbroken(run_dir: Path, unbroken: dict) -> None:
+    weights = _weights(run_dir)
+    assert weights.keys() == unbroken.keys()
+    assert all(torch.equal(weights[name], tensor) for name, tensor in unbroken.items()), "weights differ"
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [line["step"] for line in lines if "loss/total" in line]  # (the final evaluation has a line too)
+    assert steps == list(range(1, 7)), f"every step logged once: {steps}"
+
+
+def test_sigterm_finishes_the_step_and_its_command_continues_bit_identically(shards, unbroken, tmp_path):
+    stopped = _cli(_args(shards, tmp_path, *RESUME), fault="term-after-step:3")
+    assert stopped.returncode == 4, stopped.stderr[-3000:]
+    checkpoint = tmp_path / "checkpoints" / "step_00000003"  # step 3 is no save step: written for the stop
+    line = _one_line(stopped, f"stopped by SIGTERM after step 3: checkpoint {checkpoint}; continue the run with: "
+                              f"python -m dualtoken_lite.train --out {tmp_path} --resume auto")
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == checkpoint.name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3  # the checkpoint holds the last step taken: the resumed run recomputes none
+    assert not (tmp_path / "model").exists() and not (tmp_path / "run.lock").exists()
+    resumed = _continue(line)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_equals_unbroken(tmp_path, unbroken)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_stays(shards, tmp_path):
+    stopped = _cli(_args(shards, tmp_path, *RESUME), fault="int-twice:3")
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    last = tmp_path / "checkpoints" / "step_00000002"
+    _one_line(stopped, f"stopped at once by Ctrl-C; the last good checkpoint, {last}, is intact; continue the run "
+                       f"with: python -m dualtoken_lite.train --out {tmp_path} --resume auto")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000002"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+
+
+def test_a_full_disk_is_one_line_and_the_retry_continues_bit_identically(shards, unbroken, tmp_path):
+    failed = _cli(_args(shards, tmp_path, *RESUME), fault="disk-full-in-save:4")
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    last = tmp_path / "checkpoints" / "step_00000002"
+    line = _one_line(failed, f"error: cannot write {tmp_path / 'checkpoints' / 'step_00000004'}: No space left on "
+                             "device (it needs about ", f"the last good checkpoint, {last}, is intact")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000002"]  # no temporary
+    resumed = _continue(line)  # the "disk" has room again
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_equals_unbroken(tmp_path, unbroken)
 
 
 def test_gradient_accumulation_equals_one_big_batch(shards, tmp_path):
@@ -107,7 +172,7 @@ def test_each_stage_trains_only_what_it_declares(shards, tmp_path, stage):
     tr = build_trainer(cfg, world)
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     frozen = {n for n, p in tr.model.named_parameters() if not p.requires_grad}
-    tr.generator_micro_step(tr.model, next(tr.batches()), scale=1.0)
+    tr.tokenizer_micro_step(tr.model, next(tr.batches()), scale=1.0)
     tr.optimizer_step()
     for name, p in tr.model.named_parameters():
         moved = not torch.equal(before[name], p.detach())
@@ -178,19 +243,37 @@ def test_two_processes_train_in_step(shards, tmp_path):
     assert summary["ranks_identical"] is True  # every parameter and codebook buffer equal on both ranks
 
 
-def test_config_json_written_before_the_typed_loss_still_loads(tmp_path):
-    """Run folders from before LossConfig was typed stored only the loss overrides: they load onto the preset."""
-    from dualtoken_lite.presets import loss_preset
+def test_under_torchrun_a_signal_to_one_rank_stops_both_after_the_same_step(shards, tmp_path):
+    """SIGTERM reaches rank 1 only, after step 2: rank 0 stops after step 2 too (and writes the checkpoint), none
+    waits for the other in a collective."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).with_name("train_with_fault.py")), "term-after-step:2",
+           *_args(shards, tmp_path, "--max_steps", "6", "--save_every", "4")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "FAULT_RANK": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0  # torchrun reports its workers' exit code 4 as a failure
+    assert (f"stopped by SIGTERM after step 2: checkpoint {tmp_path / 'checkpoints' / 'step_00000002'}; continue the "
+            f"run with: torchrun [the same torchrun options] -m dualtoken_lite.train --out {tmp_path} --resume auto"
+            ) in result.stderr, result.stderr[-3000:]
+    assert "exitcode  : 4" in result.stderr or "exit code 4" in result.stderr.lower(), result.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 2
+
+
+def test_config_json_round_trips_and_an_incomplete_one_is_refused(tmp_path):
+    """A run folder's config.json loads back into the TrainConfig that wrote it; one lacking fields is refused."""
+    from dualtoken_lite.settings import atomic_write_text, to_dict
     from dualtoken_lite.training.arguments import load_run_config
 
-    cfg = parse_args(["--out", str(tmp_path), "--max_steps", "7"])
-    old = {**json.loads(json.dumps(__import__("dataclasses").asdict(cfg))), "loss": {"sem_weight": 2}}
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    loaded = load_run_config(tmp_path)
-    assert loaded.max_steps == 7 and loaded.loss == loss_preset("tiny", {"sem_weight": 2.0})
-    assert isinstance(loaded.loss.sem_weight, float)
-    new = parse_args(["--out", str(tmp_path), "--loss.sem_weight", "2", "--max_steps", "7"])
-    assert loaded == new  # the same run, whichever format wrote it
+    cfg = parse_args(["--out", str(tmp_path), "--max_steps", "7", "--loss.sem_weight", "2", "--model.pixel_layer", "1"])
+    atomic_write_text(tmp_path / "config.json", json.dumps(to_dict(cfg)))
+    assert load_run_config(tmp_path) == cfg
+    partial = to_dict(cfg)
+    del partial["loss"]["sem_weight"], partial["max_steps"]
+    (tmp_path / "config.json").write_text(json.dumps(partial))
+    with pytest.raises(ConfigError, match=r"lacks the field\(s\) \['max_steps', 'loss.sem_weight'\]"):
+        load_run_config(tmp_path)
 
 
 def _lever_run(shards, out, lever: str, on: bool, steps: int) -> tuple[dict, dict]:
@@ -201,7 +284,7 @@ def _lever_run(shards, out, lever: str, on: bool, steps: int) -> tuple[dict, dic
     tr = build_trainer(cfg, dist_utils.setup("cpu"))
     batch = next(tr.batches())
     for _ in range(steps):
-        tr.generator_micro_step(tr.model, batch, scale=1.0)
+        tr.tokenizer_micro_step(tr.model, batch, scale=1.0)
         grads = {n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None}
         tr.optimizer_step()
         tr.model.update_codebooks()

@@ -1,4 +1,4 @@
-"""The tiny unified model (issue 12): token caches, the readers, the generator, prompts and resume.
+"""The tiny unified model: token caches, the readers, the generator, prompts and resume.
 
 Small on purpose (tiny widths, a handful of images, a few steps): the whole file runs in well under a minute on one
 CPU thread. The shipped tokenizer (data/tokenizer) makes the codes, as in the real runs.
@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from dualtoken_lite.model.dualtoken import DualToken
+from dualtoken_lite.model.pretrained import CheckpointError
 from dualtoken_lite.model.token_layout import from_lm_sequence
 from dualtoken_lite.settings import UserError, run_cli
-from dualtoken_lite.tinyworld.generator import (
+from dualtoken_lite.tinyworld.drawing import (
     CLASSES,
     HUES,
     TinyWorldConfig,
@@ -26,13 +27,12 @@ from dualtoken_lite.tinyworld.generator import (
     light_figure,
     make_sample,
 )
-from dualtoken_lite.tinyworld.generator import to_tensor as images_to_tensor
+from dualtoken_lite.tinyworld.drawing import to_tensor as images_to_tensor
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.unified import generator_training, prompts, reader_training
 from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_offsets, slot_sizes
 from dualtoken_lite.unified.fit import LoopConfig
-from dualtoken_lite.unified.judge import decode_depths
 from dualtoken_lite.unified.questions import QUESTION_NAMES, describe
 from dualtoken_lite.unified.reader import Reader, ReaderConfig
 from dualtoken_lite.unified.rotary import generator_angles, grid_angles, rotate
@@ -166,7 +166,7 @@ def test_sampling_is_deterministic_and_emits_only_valid_ids(cache, variant, top_
 
     def draw(seed):
         return gen.sample(classes, temperature=1.0, top_k=top_k, guidance=guidance,
-                          generator=torch.Generator().manual_seed(seed))
+                          rng=torch.Generator().manual_seed(seed))
 
     a, b, c = draw(1), draw(1), draw(2)
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -215,20 +215,19 @@ def test_heldout_loss_is_the_exact_loss_over_every_code(cache):
     assert first["loss"] == pytest.approx(float(by_hand), abs=1e-4)
 
 
-def test_a_generator_saved_before_rotary_existed_loads_without_it(cache, tmp_path):
-    """A model folder whose config.json has no "rotary" field is the model it was: no rotary angles."""
+def test_a_model_folder_lacking_a_config_field_is_refused(cache, tmp_path):
+    """A unified model folder loads exactly as saved; a config.json missing a field names it instead of guessing."""
     data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
     torch.manual_seed(0)
     gen = ARGenerator(GeneratorConfig(variant="both", **TINY_GENERATOR), data.layout).eval()
-    save_model(gen, tmp_path / "old")
-    config = json.loads((tmp_path / "old" / "config.json").read_text())
-    del config["config"]["rotary"]  # as the first-round generators were saved
-    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
-    loaded = load_model(tmp_path / "old", kind="generator")
-    assert not loaded.cfg.rotary and loaded.angles() is None
+    save_model(gen, tmp_path / "m")
     stacks, classes = data.stacks(), data.labels[:, 0]
-    assert torch.equal(gen.loss(stacks, classes)[0], loaded.loss(stacks, classes)[0])
-    assert generator_training.GeneratorTrainConfig().model.rotary  # the trainer's recipe turns it on
+    assert torch.equal(gen.loss(stacks, classes)[0], load_model(tmp_path / "m", kind="generator").loss(stacks, classes)[0])
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["config"]["rotary"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"lacks the field\(s\) \['config.rotary'\]"):
+        load_model(tmp_path / "m", kind="generator")
 
 
 def test_rotary_scores_depend_only_on_the_grid_offset():
@@ -266,16 +265,6 @@ def test_a_briefly_trained_generator_learns_and_decodes_to_images(tokenizer, cac
     gen.eval()
     out, images = prompts.generate_images(gen, tokenizer, torch.tensor([1, 4]), prompts.SamplingConfig(top_k=8))
     assert out.shape == (2, 64, 5) and images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
-
-
-def test_decoding_the_first_depths_is_the_decoder_on_their_partial_sum(tokenizer, cache):
-    data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
-    pixel, _ = from_lm_sequence(data.tokens[:2], data.layout)  # (2, 8, 8, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(decode_depths(tokenizer, pixel), tokenizer.decode(pixel))
-        book = tokenizer.pixel_quantizer.codebook_at(0).embed  # (512, 32), shared by the depths
-        partial = tokenizer.decode_quantized(book[pixel[..., 0]] + book[pixel[..., 1]])
-        torch.testing.assert_close(decode_depths(tokenizer, pixel[..., :2]), partial)
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -354,3 +343,85 @@ def test_results_keep_the_readers_when_only_the_generators_were_retrained(tmp_pa
     assert (out / "generator-pixel" / "config.json").is_file() and not (out / "reader-both").exists()
     with pytest.raises(results.MissingFile, match="reader-semantic-s0"):
         results.collect(runs, tmp_path / "elsewhere")  # without the flag the reader runs are required
+
+
+# ------------------------------------------------------------------------------------------------ run folders
+def test_the_unified_trainers_keep_the_run_folder_promises(cache, tmp_path, capsys, monkeypatch):
+    """The tokenizer trainer's promises (training/run_folder.py), through `train_reader`'s command line."""
+    import os
+    import signal
+
+    flags = ["--cache_dir", str(cache), "--train_count", "16", "--eval_count", "8", "--model.width", "16",
+             "--model.layers", "1", "--model.heads", "2", "--model.dropout", "0", "--steps", "2",
+             "--batch_size", "4", "--warmup_steps", "1", "--log_every", "1", "--save_every", "1"]
+
+    def reader(*args: str) -> tuple[int, str]:
+        code = run_cli(reader_training.main, [*flags, *args])
+        return code, capsys.readouterr().err
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert reader("--out", str(run))[0] == 0  # a folder holding only unrelated files is not a run
+    assert (run / "notes.txt").read_text() == "mine" and (run / "summary.json").is_file()
+    assert reader("--out", str(other), "--loop.seed", "1")[0] == 0
+    code, err = reader("--resume", str(other), "--out", str(run))  # OTHER's weights must not land in RUN
+    assert code == 2 and f"--out {run} is not the folder of the run being resumed ({other})" in err
+    code, err = reader("--resume", str(run), "--steps", "3")  # no --out: the run being resumed is the folder
+    assert code == 0 and "loop.steps changed from 2 to 3" in err
+    assert json.loads((run / "summary.json").read_text())["step"] == 3
+    code, err = reader("--out", str(run))
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err
+    assert reader("--out", str(run), "--overwrite")[0] == 0  # a bare --overwrite, as that message says
+    assert (run / "notes.txt").is_file() and json.loads((run / "summary.json").read_text())["step"] == 2
+
+    calls = {"n": 0}
+    loss = Reader.loss
+
+    def fails_at_step_2(self, stacks, labels):
+        calls["n"] += 1
+        value, logs = loss(self, stacks, labels)
+        return (value * float("nan") if calls["n"] == 2 else value), logs
+
+    monkeypatch.setattr(Reader, "loss", fails_at_step_2)
+    code, err = reader("--out", str(tmp_path / "nan"))
+    assert code == 3 and "non-finite loss at step 2" in err and "Traceback" not in err
+
+    def stopped_in_step_1(self, stacks, labels):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, as a scheduler's would
+        return loss(self, stacks, labels)
+
+    monkeypatch.setattr(Reader, "loss", stopped_in_step_1)
+    stop = tmp_path / "stop"
+    code, err = reader("--out", str(stop))
+    assert code == 4 and (f"stopped by SIGTERM after step 1: checkpoint {stop / 'checkpoints' / 'step_00000001'}; "
+                          f"continue the run with: python -m dualtoken_lite train_reader --out {stop} --resume auto"
+                          ) in err
+    monkeypatch.setattr(Reader, "loss", loss)
+    assert run_cli(reader_training.main, ["--out", str(stop), "--resume", "auto"]) == 0  # that command
+    assert json.loads((stop / "summary.json").read_text())["step"] == 2
+
+
+def test_generate_checks_out_before_sampling_and_keeps_what_was_drawn_when_stopped(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    model = "data/unified/generator-both"
+    (tmp_path / "file").write_text("")
+    code = run_cli(prompts.main, [model, "--prompt", "star", "--out", str(tmp_path / "file")])
+    assert code == 2 and f"--out {tmp_path / 'file'} is a file" in capsys.readouterr().err
+
+    def two_batches_then_ctrl_c(generator, tokenizer, classes, sampling):
+        for start in (0, 2):
+            yield None, np.full((2, 64, 64, 3), 40 * start, dtype=np.uint8)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the third batch is drawn
+        yield None, np.zeros((2, 64, 64, 3), dtype=np.uint8)
+
+    monkeypatch.setattr(prompts, "draw", two_batches_then_ctrl_c)
+    out = tmp_path / "png"
+    code = run_cli(prompts.main, [model, "--prompt", "star", "--num", "100000", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130 and f"stopped by Ctrl-C: 4 of 100000 images written to {out}" in err
+    names = json.loads((out / "samples.json").read_text())["files"]
+    assert names == ["star_000.png", "star_001.png", "star_002.png", "star_003.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "samples.json"])

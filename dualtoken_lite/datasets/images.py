@@ -36,6 +36,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -295,9 +296,11 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float() + 1) / 2).clamp(0, 1)
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """(..., 3, h, w) float in [-1, 1] -> uint8 in [0, 255], same shape (rounded, clamped)."""
-    return (to_unit(x) * 255).round().to(torch.uint8)
+def to_uint8(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """(..., 3, h, w) float in [-1, 1] -> uint8 in [0, 255] (rounded, clamped), same shape; with ``channels_last``
+    (..., h, w, 3), the layout PIL and PNG files use."""
+    out = (to_unit(x) * 255).round().to(torch.uint8)
+    return out.movedim(-3, -1) if channels_last else out
 
 
 def to_pil(x: torch.Tensor) -> Image.Image | list[Image.Image]:
@@ -310,8 +313,18 @@ def to_pil(x: torch.Tensor) -> Image.Image | list[Image.Image]:
 
 
 def make_grid_image(images: Sequence[torch.Tensor] | torch.Tensor, nrow: int = 8) -> Image.Image:
-    """(B, 3, h, w) in [-1, 1] -> one PIL image with the batch tiled ``nrow`` per row (for logging)."""
+    """(B, 3, h, w) in [-1, 1] -> one PIL image with the batch tiled ``nrow`` per row, 2 px white gaps."""
     from torchvision.utils import make_grid
 
     batch = torch.stack(list(images)) if not isinstance(images, torch.Tensor) else images
-    return to_pil(make_grid(batch.detach().cpu().float(), nrow=nrow, padding=2, pad_value=1.0))
+    return to_pil(make_grid(batch.detach().cpu().float().clamp(-1, 1), nrow=nrow, padding=2, pad_value=1.0))
+
+
+def save_image(image: Image.Image, path: str | os.PathLike, upscale: int = 1) -> Path:
+    """Write a PIL image as PNG, nearest-neighbour upscaled so that 64 px images stay readable; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if upscale > 1:
+        image = image.resize((image.width * upscale, image.height * upscale), Image.NEAREST)
+    image.save(path)
+    return path

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import signal
 from collections import Counter
 from collections.abc import Iterator
 
@@ -262,6 +263,13 @@ def _reason(e: Exception) -> str:
     return "read"
 
 
+def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A data-loader worker ignores Ctrl-C and SIGTERM (a terminal sends Ctrl-C to every process of the job): the
+    trainer decides when to stop and ends its workers itself."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class Loader:
     """The per-rank iterable the trainer uses: a DataLoader over an ImageStream plus the epoch position."""
 
@@ -295,7 +303,7 @@ class Loader:
     def __iter__(self) -> Iterator[dict]:
         self.skips = SkipCounter()
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory)
+                            pin_memory=self.pin_memory, worker_init_fn=leave_stop_signals_to_the_trainer)
         carried = Counter()
         for batch in loader:
             self.skips.update(batch["skipped"])

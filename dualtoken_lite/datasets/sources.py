@@ -1,10 +1,13 @@
 """Where samples come from: WebDataset shards and image folders, resolved into an index of sample references.
 
 A *source* is one of
-    "data/train-{0000..0009}.tar"     a brace pattern of WebDataset tar shards (``::`` joins several patterns)
-    "data/one.tar" or a list of these  explicit shards
-    "data/images/"                    a folder of images, searched recursively; first-level subfolders can be
-                                      class labels (sorted names -> 0, 1, ...), as torchvision's ImageFolder
+    "shards/train-{0000..0009}.tar"   a brace pattern of WebDataset tar shards (``::`` joins several patterns)
+    "shards/one.tar" or a list        explicit shards
+    "photos/"                         a folder of images, searched recursively; first-level subfolders can be
+                                      class labels (sorted names -> 0, 1, ...), as torchvision's ImageFolder.
+                                      Links leading outside the folder are followed, links leading back inside
+                                      are skipped, and each real file is listed once (``walk_files``): a link
+                                      loop (``sub/up -> ..``) or two links to one image never repeat a sample
 A source is split into *units*: one unit per shard, or one per image file in a folder.
 
 WebDataset format (docs/method.md §5): a tar whose consecutive members sharing a key (the path up to the first dot of the
@@ -81,7 +84,7 @@ def resolve_source(source: str | os.PathLike | list | tuple) -> Source:
         return Source("shards", expand_shards(text), text)
     if os.path.exists(text):
         raise DataSourceError(f"data source {text!r} is neither a folder nor a .tar shard; pass a folder of images, "
-                         "a .tar shard, or a brace pattern like 'data/train-{0000..0009}.tar'")
+                         "a .tar shard, or a brace pattern like 'shards/train-{0000..0009}.tar'")
     raise MissingFile(f"data source {text!r} does not exist; pass an existing folder, .tar shard or "
                             "brace pattern of shards")
 
@@ -101,12 +104,51 @@ def expand_shards(pattern: str) -> list[str]:
     return paths
 
 
-def list_folder(root: str) -> Source:
-    """All image files under ``root`` (recursive, sorted); class labels when every image is in a subfolder."""
-    files = []
+def file_identity(path: str) -> tuple[int, int]:
+    """(device, inode) of the file or directory ``path`` leads to, through links: one identity per real file."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def walk_files(root: str, seen: set[tuple[int, int]] | None = None) -> list[str]:
+    """Every file under ``root``, sorted and recursive, each real file once. A link (to a directory or a file) that
+    leads back inside ``root`` is skipped: what it points to is listed under its own path. A link that leads outside
+    is followed, each directory entered once (a loop out there ends) and each file listed once. ``seen``: the
+    identities already listed (shared across several roots), updated here."""
+    seen = set() if seen is None else seen
+    real_root = os.path.realpath(root)
+
+    def leads_inside(path: str) -> bool:
+        target = os.path.realpath(path)
+        return target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep)
+
+    files, entered = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(FOLDER_IMAGE_EXTS)]
+        here = file_identity(dirpath)
+        if here in entered:  # reached again through a link outside: walked already
+            dirnames[:] = []
+            continue
+        entered.add(here)
+        dirnames[:] = sorted(d for d in dirnames
+                             if not (os.path.islink(os.path.join(dirpath, d)) and leads_inside(os.path.join(dirpath, d))))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) and leads_inside(path):
+                continue
+            try:
+                identity = file_identity(path)
+            except OSError:  # a dangling link: kept, and reported as a bad file by whoever reads it
+                identity = ("dangling", path)
+            if identity not in seen:
+                seen.add(identity)
+                files.append(path)
+    return files
+
+
+def list_folder(root: str) -> Source:
+    """All image files under ``root`` (recursive, sorted, each real file once); class labels when every image is in a
+    subfolder."""
+    files = [f for f in walk_files(root) if f.lower().endswith(FOLDER_IMAGE_EXTS)]
     if not files:
         raise MissingFile(f"image folder {root!r} holds no images with extensions {FOLDER_IMAGE_EXTS}")
     tops = [os.path.relpath(f, root).split(os.sep) for f in files]

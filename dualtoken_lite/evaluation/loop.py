@@ -1,6 +1,6 @@
 """The evaluation loop: a tokenizer over a held-out set, measured through its codes (docs/method.md §6).
 
-One loop serves the trainer (periodic and final evaluation) and ``python -m dualtoken_lite.evaluate``.
+One loop serves the trainer (periodic and final evaluation) and ``python -m dualtoken_lite evaluate``.
 Everything is measured as a language model sees the tokenizer:
 
     pixel_codes, semantic_codes = model.encode(x)          # (B, H, W, D) each

@@ -2,7 +2,7 @@
 
 The released code hard-coded these inside its training loop (docs/method.md §7.5); here each is a field with the
 paper's value as its default and a comment naming its role. Presets (``tiny``, ``so400m-384``) live in
-``dualtoken_lite.presets``; which terms are on comes from the stage (``losses.stages``), the GAN's timing from
+``dualtoken_lite.training.presets``; which terms are on comes from the stage (``losses.stages``), the GAN's timing from
 ``losses.gan.GanSchedule``.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dualtoken_lite.settings import ConfigError, require_finite
+from dualtoken_lite.settings import ConfigError, require_at_least, require_finite
 
 
 @dataclass
@@ -30,7 +30,7 @@ class LossConfig:
     sem_weight: float = 1.0  # s, multiplier of the whole semantic loss (release flag --sem_weight, 1)
     sem_token_weight: float = 5.0  # weight of [MSE - cos] on the semantic-layer tokens (B, N, C) (paper: 5)
     sem_pooled_weight: float = 1.0  # weight of [MSE - cos] on the pooled MAP-head embedding (B, E) (paper: 1)
-    # adversarial, generator side
+    # adversarial, the tokenizer's side (L_G; the release calls it the generator's)
     gan_gen_weight: float = 0.75  # w_gan after the switch-on epoch (release: d_weight = 0.75)
     gan_gen_weight_first_epoch: float = 0.75  # w_gan during the switch-on epoch (release: 0.75 as well)
     adaptive_min: float = 0.3  # lower clamp of the adaptive weight g_w (release: 0.3)
@@ -44,7 +44,7 @@ class LossConfig:
     disc_hinge_slope: float = 0.01  # negative slope of lrelu in the hinge loss (release: F.leaky_relu's 0.01)
     disc_channels: int = 64  # base width of the PatchDiscriminator (paper: 64 -> 1,729,409 parameters)
     disc_layers: int = 3  # residual blocks of the discriminator (paper: 3 -> logits at h/8)
-    disc_lr: float = 7.2e-5  # Adam learning rate of D (release: the generator's --lr, 7.2e-5)
+    disc_lr: float = 7.2e-5  # Adam learning rate of D (release: the tokenizer's --lr, 7.2e-5)
     disc_betas: tuple[float, float] = (0.5, 0.9)  # Adam betas of D (release: 0.5, 0.9)
     disc_weight_decay: float = 0.0  # Adam weight decay of D (release: 0)
     disc_warmup_epochs: float = 0.5  # linear warmup of D's lr from 0, in epochs after each (re)start (release)
@@ -59,11 +59,10 @@ def validate_loss_config(cfg: LossConfig) -> LossConfig:
                           f"{cfg.disc_warmup_epochs} and disc_hinge_slope={cfg.disc_hinge_slope} >= 0")
     if cfg.recon_kind not in ("mse", "l1"):
         raise ConfigError(f"recon_kind={cfg.recon_kind!r} must be 'mse' (paper) or 'l1'")
-    for name in ("recon_weight", "perceptual_weight", "commit_pixel_weight", "commit_semantic_weight",
-                 "sem_weight", "sem_token_weight", "sem_pooled_weight", "gan_gen_weight",
-                 "gan_gen_weight_first_epoch", "disc_loss_weight", "disc_loss_weight_first_epoch"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 0 (0 turns the term off)")
+    require_at_least(cfg, ("recon_weight", "perceptual_weight", "commit_pixel_weight", "commit_semantic_weight",
+                           "sem_weight", "sem_token_weight", "sem_pooled_weight", "gan_gen_weight",
+                           "gan_gen_weight_first_epoch", "disc_loss_weight", "disc_loss_weight_first_epoch"), 0,
+                     note="0 turns the term off")
     if not 0 < cfg.adaptive_min <= cfg.adaptive_max:
         raise ConfigError(
             f"adaptive clamp [{cfg.adaptive_min}, {cfg.adaptive_max}] must satisfy 0 < min <= max (paper 0.3, 10)"

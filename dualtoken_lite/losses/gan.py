@@ -20,9 +20,9 @@ optimizer steps from 0; ``steps_per_epoch`` of them make an epoch):
 * switch-on: the discriminator starts in the SECOND half of the 0-based epoch ``start_epoch``, i.e. at batch
   ``i >= steps_per_epoch / 2`` of that epoch -> first active step ``start_epoch * S + ceil(S / 2)``.
   (``start_at_epoch_begin=True`` is the release's ``--load_from`` variant: on from the epoch's first step.)
-* weights: during the switch-on epoch the discriminator loss has weight 1, afterwards 0.75. The generator's
+* weights: during the switch-on epoch the discriminator loss has weight 1, afterwards 0.75. The tokenizer's
   adversarial term is ``0.75 * g_w * L_G`` throughout in the release; all four weights are ``LossConfig`` fields,
-  read from it (never copied), so the other reading ("weight 1 in that epoch" on the generator side) is one
+  read from it (never copied), so the other reading ("weight 1 in that epoch" on the tokenizer's side) is one
   override away: ``--loss.gan_gen_weight_first_epoch 1``.
 * restart: every ``restart_every`` epochs after ``start_epoch`` the discriminator and its optimizer are re-created
   at the first step of epoch ``start_epoch + k * restart_every`` (k >= 1). The release's run uses
@@ -157,7 +157,7 @@ class GanSchedule:
         return step // self.steps_per_epoch
 
     def gan_active(self, step: int) -> bool:
-        """Whether the discriminator trains and the generator gets an adversarial term at ``step``."""
+        """Whether the discriminator trains and the tokenizer gets an adversarial term at ``step``."""
         _check_step(step)
         return self.start_step is not None and step >= self.start_step
 

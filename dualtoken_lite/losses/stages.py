@@ -3,8 +3,9 @@
     stage 0  freeze the patch/position embeddings and blocks 1..semantic_layer; the pixel branch, the last
              blocks, the MAP head, projections, quantizers and decoder train; every loss but the GAN.
     stage 1  train everything (the text tower is not part of this model); every loss term, GAN included.
-    stage 2  freeze the embeddings, the blocks before shortcut_layer (paper: 1..3), the pixel projections, the
-             pixel codebook and the decoder; semantic losses only (distillation + semantic commitment).
+    stage 2  freeze the embeddings, blocks 1..shortcut_layer (paper: 1..4, the release's
+             ``encoder.layers[0:layer_shortcut]``), the pixel projections, the pixel codebook (its EMA too, as the
+             release intends) and the decoder; semantic losses only (distillation + semantic commitment).
              The release crashes here on wrong attribute names; this description names modules of our model.
 
 A stage is a ``StageSpec`` (plain data); ``apply_stage`` turns it into ``requires_grad`` flags and returns a
@@ -31,7 +32,7 @@ class StageSpec:
     index: int  # 0, 1 or 2
     summary: str  # one line for logs
     freeze_embeddings: bool  # patch embedding (and its conv) + position embedding
-    freeze_blocks: str | None  # "through_semantic_layer" | "before_shortcut_layer" | None (see frozen_block_count)
+    freeze_blocks: str | None  # "through_semantic_layer" | "through_shortcut_layer" | None (see frozen_block_count)
     freeze_modules: tuple[str, ...]  # model attributes frozen whole (missing/None attributes are skipped)
     freeze_codebooks: tuple[str, ...]  # quantizers kept in eval mode (no EMA / dead-code updates)
     terms: frozenset[str]  # loss terms on (subset of ALL_TERMS)
@@ -58,10 +59,10 @@ STAGES: dict[int, StageSpec] = {
     ),
     2: StageSpec(
         index=2,
-        summary="freeze embeddings, blocks before shortcut_layer, pixel projections, pixel codebook, decoder; "
+        summary="freeze embeddings, blocks 1..shortcut_layer, pixel projections, pixel codebook, decoder; "
         "semantic losses only",
         freeze_embeddings=True,
-        freeze_blocks="before_shortcut_layer",
+        freeze_blocks="through_shortcut_layer",
         freeze_modules=PIXEL_MODULES + ("pixel_quantizer",),
         freeze_codebooks=("pixel_quantizer",),
         terms=frozenset({"semantic", "commit_semantic"}),
@@ -81,8 +82,9 @@ def get_stage(stage: int | StageSpec) -> StageSpec:
 def frozen_block_count(spec: StageSpec, cfg) -> int:
     """How many leading trunk blocks the stage freezes, from the model config (0 = none).
 
-    "through_semantic_layer": blocks 1..semantic_layer (paper 26 of 27). "before_shortcut_layer": blocks
-    1..shortcut_layer-1 (paper 1..3), or those before pixel_layer when the model has no shortcut tap.
+    "through_semantic_layer": blocks 1..semantic_layer (paper 26 of 27). "through_shortcut_layer": blocks
+    1..shortcut_layer (paper 1..4, as the release freezes them), or 1..pixel_layer when the model has no shortcut
+    tap: the blocks up to the pixel branch's lowest tap.
     """
     if spec.freeze_blocks is None:
         return 0
@@ -93,9 +95,8 @@ def frozen_block_count(spec: StageSpec, cfg) -> int:
                 "this model has no semantic branch, so use stage 1"
             )
         return cfg.semantic_layer
-    if spec.freeze_blocks == "before_shortcut_layer":
-        tap = cfg.shortcut_layer if cfg.shortcut_layer is not None else cfg.pixel_layer
-        return max(0, tap - 1)  # tap 0 (the patch embedding): no block before it
+    if spec.freeze_blocks == "through_shortcut_layer":
+        return cfg.shortcut_layer if cfg.shortcut_layer is not None else cfg.pixel_layer  # tap 0: no block
     raise ValueError(f"unknown freeze_blocks={spec.freeze_blocks!r}")
 
 
@@ -121,7 +122,7 @@ class StageSummary:
 def apply_stage(model: nn.Module, stage: int | StageSpec) -> StageSummary:
     """Set ``requires_grad`` on every model parameter as the stage declares; return what was done.
 
-    The frozen teacher is a separate module (``losses.make_teacher``); it is never part of ``model``.
+    The frozen teacher is a separate module (``training.setup.build_teacher``); it is never part of ``model``.
     """
     spec = get_stage(stage)
     trunk = model.encoder.trunk

@@ -79,8 +79,8 @@ def semantic_distillation(
     return total, parts
 
 
-def generator_adversarial_loss(logits_fake: torch.Tensor) -> torch.Tensor:
-    """L_G = -mean D(x_hat): the generator raises the critic's score of its reconstructions."""
+def adversarial_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """L_G = -mean D(x_hat): the tokenizer raises the critic's score of its reconstructions."""
     return -logits_fake.float().mean()
 
 
@@ -139,7 +139,7 @@ def targets_from_teacher(teacher: nn.Module, images: torch.Tensor, semantic_laye
 
 
 # ----------------------------------------------------------------------------------------- one step's loss
-def generator_loss(
+def tokenizer_loss(
     out,
     images: torch.Tensor,
     cfg: LossConfig,
@@ -152,7 +152,7 @@ def generator_loss(
     gan_weight: float = 0.0,
     adaptive_weight: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The total generator loss of one (micro-)batch and every term, detached, for logging.
+    """The tokenizer's total loss of one (micro-)batch and every term, detached, for logging.
 
     out: a DualTokenOutput (reconstruction (B, 3, h, w), semantic_features (B, N, C) or None, pooled (B, E),
     pixel / semantic RVQOutputs); images: (B, 3, h, w) in [-1, 1]. A term is on when the stage declares it and
@@ -202,7 +202,7 @@ def generator_loss(
         if discriminator is None:
             raise ValueError(f"gan_weight={gan_weight} at stage {spec.index} but no discriminator was given")
         logits_fake = _call_without_param_grads(discriminator, x_hat)  # (B, 1, h/8, w/8)
-        g = generator_adversarial_loss(logits_fake)
+        g = adversarial_loss(logits_fake)
         if adaptive_weight is None:
             if last_layer is None:
                 raise ValueError("pass last_layer=model.decoder.conv_out.weight (or adaptive_weight) for the GAN")
@@ -255,7 +255,7 @@ def discriminator_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``weight`` x the hinge loss of D on real images and DETACHED reconstructions, and its logs.
 
-    The generator gets no gradient from this loss (x_hat is detached); backpropagate the returned loss
+    The tokenizer gets no gradient from this loss (x_hat is detached); backpropagate the returned loss
     (divided by k under gradient accumulation) and step D's optimizer. ``weight`` is
     ``GanSchedule.disc_loss_weight(step)`` (1 in the switch-on epoch, 0.75 after, in the release).
     """
@@ -271,6 +271,6 @@ def discriminator_loss(
 
 def _call_without_param_grads(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """module(x) with its parameters detached: gradients reach x but never the module's ``.grad``."""
-    module = getattr(module, "module", module)  # unwrap DDP: the generator pass must not touch D's reducer
+    module = getattr(module, "module", module)  # unwrap DDP: the tokenizer's pass must not touch D's reducer
     params = {name: p.detach() for name, p in module.named_parameters()}
     return torch.func.functional_call(module, params, (x,))

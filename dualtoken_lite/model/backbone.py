@@ -11,6 +11,10 @@ a timm VisionTransformer; ``tiny`` builds the same class small (``build_tiny_tru
 replace the hidden state after the semantic layer (docs/method.md §2). ``teacher_targets`` runs a frozen trunk the same
 way for the semantic distillation loss (docs/method.md §3).
 
+Activation (``BackboneConfig.activation``): SigLIP was trained with the tanh approximation of GELU (transformers'
+``gelu_pytorch_tanh``), but timm and open_clip build its towers with exact GELU; ``set_activation`` gives every
+MLP of the trunk (blocks and MAP head) the configured one, so a tower runs the network its weights were trained as.
+
 Weights (``BackboneConfig.pretrained``): None or ``"random"`` = random init (``"random"`` says so on purpose:
 the paper-scale training command refuses None); an open_clip tag such as ``"webli"`` (needs the weights in the
 Hugging Face cache or a network); a transformers SigLIP / SigLIP2 checkpoint, ``"hf:<repo id>"`` from the Hugging
@@ -24,6 +28,7 @@ import os
 from pathlib import Path
 
 import torch
+from timm.layers import Mlp
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -37,8 +42,24 @@ TRUNK_PREFIXES = ("", "trunk.", "visual.trunk.", "module.visual.trunk.", "encode
 # File names looked up inside a weights folder (open_clip / HF hub layouts, and our own checkpoints).
 WEIGHT_FILES = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin",
-    "teacher.safetensors",  # the tiny world's teacher (dualtoken_lite.teacher): its trunk.* tensors
+    "teacher.safetensors",  # the tiny world's teacher (`python -m dualtoken_lite teacher`): its trunk.* tensors
 )
+
+
+def set_activation(trunk: VisionTransformer, activation: str) -> VisionTransformer:
+    """Exact ("gelu") or tanh-approximate ("gelu_tanh") GELU in every MLP of the trunk: its blocks and MAP head."""
+    for module in trunk.modules():
+        if isinstance(module, Mlp):
+            module.act = nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none")
+    return trunk
+
+
+def trunk_activation(trunk: VisionTransformer) -> str:
+    """The GELU the trunk's MLPs run: "gelu_tanh", "gelu", or the class name of anything else."""
+    act = trunk.blocks[0].mlp.act
+    if type(act).__name__ == "GELUTanh" or getattr(act, "approximate", None) == "tanh":
+        return "gelu_tanh"
+    return "gelu" if type(act).__name__ == "GELU" else type(act).__name__
 
 
 def build_tiny_trunk(cfg: BackboneConfig) -> VisionTransformer:
@@ -54,6 +75,7 @@ def build_tiny_trunk(cfg: BackboneConfig) -> VisionTransformer:
         no_embed_class=True,
         global_pool="map",
         num_classes=0,
+        act_layer=cfg.activation,
     )
 
 
@@ -81,12 +103,15 @@ def check_trunk_matches(trunk: VisionTransformer, cfg: BackboneConfig) -> None:
         "layers": len(trunk.blocks),
         "heads": trunk.blocks[0].attn.num_heads,
         "grid": trunk.patch_embed.grid_size[0],
+        "activation": trunk_activation(trunk),
     }
-    want = {"width": cfg.width, "layers": cfg.layers, "heads": cfg.heads, "grid": cfg.grid}
+    want = {"width": cfg.width, "layers": cfg.layers, "heads": cfg.heads, "grid": cfg.grid,
+            "activation": cfg.activation}
     wrong = {k: (want[k], got[k]) for k in got if got[k] != want[k]}
     if wrong:
         detail = ", ".join(f"{k}: config {a} vs {cfg.arch} {b}" for k, (a, b) in wrong.items())
-        raise ConfigError(f"backbone config disagrees with the {cfg.arch!r} tower ({detail}); fix the preset")
+        raise ConfigError(f"backbone config disagrees with the {cfg.arch!r} tower ({detail}); fix the preset "
+                          "(e.g. --model.backbone.activation gelu_tanh for a transformers SigLIP tower)")
     if trunk.cls_token is not None or trunk.attn_pool is None:
         raise ConfigError(f"{cfg.arch!r}: the trunk must have no class token and a MAP head (SigLIP layout)")
 
@@ -157,7 +182,7 @@ def load_trunk_weights(trunk: VisionTransformer, path: str | os.PathLike) -> Vis
 def build_trunk(cfg: BackboneConfig) -> VisionTransformer:
     """The configured trunk with its weights (random, open_clip tag, transformers SigLIP, local path), checked."""
     spec = None if cfg.pretrained in (None, RANDOM_WEIGHTS) else cfg.pretrained
-    if is_hf_spec(spec):  # built from the checkpoint's own config, then compared with ours below
+    if is_hf_spec(spec):  # built from the checkpoint's own config (its GELU too), then compared with ours below
         trunk = load_hf_trunk(spec, cfg.image_size)
         check_trunk_matches(trunk, cfg)
         return trunk
@@ -167,7 +192,7 @@ def build_trunk(cfg: BackboneConfig) -> VisionTransformer:
             raise ConfigError(f"backbone.pretrained={spec!r}: no such file; the tiny trunk loads local paths only")
         trunk = build_tiny_trunk(cfg)
     else:
-        trunk = build_open_clip_trunk(cfg.arch, None if local else spec)
+        trunk = set_activation(build_open_clip_trunk(cfg.arch, None if local else spec), cfg.activation)
     if local:
         load_trunk_weights(trunk, spec)
     check_trunk_matches(trunk, cfg)
@@ -181,10 +206,10 @@ def check_images(images: Tensor, image_size: int) -> None:
                          f"got {type(images).__name__} {getattr(images, 'dtype', '')}")
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape (B, 3, h, w) with 3 RGB channels, got {tuple(images.shape)}; "
-                         "convert grey/RGBA images to RGB first (dualtoken_lite.images)")
+                         "convert grey/RGBA images to RGB first (dualtoken_lite.datasets.images.preprocess does)")
     if tuple(images.shape[-2:]) != (image_size, image_size):
         raise ValueError(f"images are {tuple(images.shape[-2:])} pixels but this model takes "
-                         f"{image_size}x{image_size}; resize and center-crop them first (dualtoken_lite.images)")
+                         f"{image_size}x{image_size}; resize and center-crop them first (dualtoken_lite.datasets.images.preprocess)")
 
 
 class VisionTower(nn.Module):

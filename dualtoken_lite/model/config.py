@@ -2,8 +2,9 @@
 
 Every knob of the model lives here, with a comment saying what it means and what the paper uses
 (docs/method.md §2). A config is validated by ``validate()`` before any weights are built or any data is read.
-The field defaults are the ``tiny`` preset; every named preset (``tiny``, ``so400m-384``, ``so400m-256``) is in
-``dualtoken_lite.presets``.
+The field defaults are a small tokenizer; the named model sizes (``tiny``, the paper's ``so400m-384``, ...) are the
+table ``MODEL_PRESETS`` at the end of this file, and a whole run (model, losses, training) per name is
+``training/presets.py``.
 
 Notation used for shapes everywhere in the project:
     B batch, H x W token grid, N = H * W tokens, C backbone width, d code dim, D residual depth,
@@ -12,10 +13,11 @@ Notation used for shapes everywhere in the project:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from dualtoken_lite.quantizers.residual import QuantizerConfig, validate_quantizer
-from dualtoken_lite.settings import ConfigError, require_finite
+from dualtoken_lite.settings import ConfigError, from_dict, require_at_least, require_finite
 
 RANDOM_WEIGHTS = "random"  # backbone.pretrained value that asks for a randomly initialised tower on purpose
 
@@ -33,6 +35,8 @@ class BackboneConfig:
     layers: int = 6  # number of transformer blocks
     heads: int = 4  # attention heads per block
     mlp_ratio: float = 4.0  # MLP hidden size = mlp_ratio * width
+    activation: str = "gelu"  # GELU of the blocks' and the MAP head's MLPs: "gelu" (exact) or "gelu_tanh" (the tanh
+    #                          approximation SigLIP was trained with; transformers' "gelu_pytorch_tanh")
     grad_checkpointing: bool = False  # recompute encoder blocks in backward (saves memory at paper scale)
 
     @property
@@ -57,28 +61,33 @@ class ModelConfig:
     semantic_quantizer: QuantizerConfig = field(
         default_factory=lambda: QuantizerConfig(depth=4, codebook_size=512)
     )
-    proj_head_dim: int = 32  # head size inside the pre/post-quant AttnProjections (paper: 32 -> 36 heads)
-    proj_pool_heads: bool = False  # squeeze: average-pool the head_dim-wide head mean down to d before the output
-    #                                Linear (d -> d), as the release does when head_dim != d (its d = 256 tokenizer)
+    projection: str = "attention"  # pre/post-quant projections: "attention" (AttnProjection, the paper's and the
+    #                                release's) or "conv" (ResNet blocks on the grid, the early release's dim-256 model)
+    proj_head_dim: int = 32  # head size inside the pixel branch's AttnProjections (paper: 32 -> 36 heads)
+    semantic_proj_head_dim: int | None = None  # head size in the semantic branch's; None = proj_head_dim (the
+    #                                            release sizes each branch's heads from its own code dim)
     decoder_latent_grid: int = 8  # the decoder's input grid after the bilinear resize (paper: 24)
     decoder_channels: int = 32  # base channels of the conv decoder (paper: 128); tiny keeps 64 px levels thin
     decoder_channel_mult: tuple[int, ...] = (4, 2, 1, 1)  # per level, lowest resolution first (paper: 8,4,4,1,1)
     decoder_res_blocks: int = 1  # ResBlocks per level = decoder_res_blocks + 1 (paper: 2 -> 3)
     decoder_in_channels: int = 128  # channels after the post-quant ResNet block (paper: 1024)
-    decoder_norm_groups: int = 32  # GroupNorm groups in the post-quant block and decoder (paper: 32, >= 4 channels
-    #                                per group there); 32 groups on tiny's 32-channel levels = an instance norm
+    decoder_norm_groups: int = 32  # GroupNorm groups in the post-quant block, the decoder and conv projections (paper
+    #                                and release: 32, >= 4 channels per group there); 32 on 32 channels = instance norm
+
+
+ACTIVATIONS = ("gelu", "gelu_tanh")  # BackboneConfig.activation values (timm's names)
+PROJECTIONS = ("attention", "conv")  # ModelConfig.projection values
+RETIRED_FIELDS = ("proj_pool_heads",)  # ModelConfig fields of earlier versions, read only to refuse them when set
 
 
 def validate(cfg: ModelConfig) -> ModelConfig:
     """Check a model config before anything is built; raise ConfigError naming the value and the fix."""
     require_finite(cfg)
     b = cfg.backbone
-    for name in ("image_size", "patch_size", "width", "layers", "heads"):
-        if getattr(b, name) < 1:
-            raise ConfigError(f"backbone.{name}={getattr(b, name)} must be >= 1")
-    if b.mlp_ratio <= 0 or cfg.proj_head_dim < 1 or cfg.decoder_channels < 1 or cfg.decoder_in_channels < 1:
-        raise ConfigError(f"backbone.mlp_ratio={b.mlp_ratio}, proj_head_dim={cfg.proj_head_dim}, decoder_channels="
-                          f"{cfg.decoder_channels} and decoder_in_channels={cfg.decoder_in_channels} must be > 0")
+    require_at_least(b, ("image_size", "patch_size", "width", "layers", "heads"), 1, where="backbone.")
+    if b.mlp_ratio <= 0 or cfg.decoder_channels < 1 or cfg.decoder_in_channels < 1:
+        raise ConfigError(f"backbone.mlp_ratio={b.mlp_ratio}, decoder_channels={cfg.decoder_channels} and "
+                          f"decoder_in_channels={cfg.decoder_in_channels} must be > 0")
     if cfg.decoder_res_blocks < 0 or cfg.decoder_latent_grid < 1 or not cfg.decoder_channel_mult or \
             min(cfg.decoder_channel_mult) < 1:
         raise ConfigError(f"decoder_res_blocks={cfg.decoder_res_blocks} must be >= 0, decoder_latent_grid="
@@ -91,6 +100,10 @@ def validate(cfg: ModelConfig) -> ModelConfig:
         )
     if b.width % b.heads:
         raise ConfigError(f"backbone.width={b.width} is not divisible by backbone.heads={b.heads}")
+    if b.activation not in ACTIVATIONS:
+        raise ConfigError(f"backbone.activation={b.activation!r} is not one of {ACTIVATIONS}")
+    if cfg.projection not in PROJECTIONS:
+        raise ConfigError(f"projection={cfg.projection!r} is not one of {PROJECTIONS}")
     taps = {"pixel_layer": cfg.pixel_layer, "shortcut_layer": cfg.shortcut_layer}
     taps["semantic_layer"] = cfg.semantic_layer
     for name, layer in taps.items():
@@ -127,16 +140,21 @@ def validate(cfg: ModelConfig) -> ModelConfig:
             )
     group_norm_widths = {"backbone.width": b.width, "decoder_in_channels": cfg.decoder_in_channels}
     group_norm_widths.update({f"decoder_channels x {m}": cfg.decoder_channels * m for m in cfg.decoder_channel_mult})
+    if cfg.projection == "conv":  # its ResNet blocks normalise the code vectors too
+        group_norm_widths.update({f"{q}.code_dim": getattr(cfg, q).code_dim for q in ("pixel_quantizer",
+                                  "semantic_quantizer")})
     groups = cfg.decoder_norm_groups
     for name, width in group_norm_widths.items():
         if groups < 1 or width % groups:
             raise ConfigError(f"{name} = {width} must be a multiple of {groups} "
                               "(decoder_norm_groups, the decoder's GroupNorm groups)")
-    if b.width % cfg.proj_head_dim:
-        raise ConfigError(
-            f"backbone.width={b.width} must be a multiple of proj_head_dim={cfg.proj_head_dim} "
-            "(the AttnProjection splits the width into heads of that size)"
-        )
+    for name in ("proj_head_dim", "semantic_proj_head_dim"):
+        head = getattr(cfg, name)
+        if head is not None and (head < 1 or b.width % head):
+            raise ConfigError(
+                f"backbone.width={b.width} must be a multiple of {name}={head} "
+                "(the AttnProjection splits the width into heads of that size)"
+            )
     if cfg.decoder_latent_grid > b.grid:
         raise ConfigError(
             f"decoder_latent_grid={cfg.decoder_latent_grid} exceeds the token grid {b.grid}; it may only shrink"
@@ -148,3 +166,98 @@ def validate(cfg: ModelConfig) -> ModelConfig:
             "change decoder_latent_grid or the number of decoder_channel_mult levels"
         )
     return cfg
+
+
+def so400m_model(image_size: int, patch_size: int, arch: str, depth: int, pretrained: str | None = None
+                 ) -> ModelConfig:
+    """The paper-scale tokenizer (docs/method.md §2) at a given resolution and residual depth."""
+    grid = image_size // patch_size
+    return ModelConfig(
+        backbone=BackboneConfig(
+            arch=arch,
+            pretrained=pretrained,
+            image_size=image_size,
+            patch_size=patch_size,
+            width=1152,
+            layers=27,
+            heads=16,
+            mlp_ratio=4304 / 1152,
+            activation="gelu_tanh",  # SigLIP and SigLIP2 were trained with tanh-approximate GELU
+            grad_checkpointing=True,
+        ),
+        pixel_layer=6,
+        shortcut_layer=4,
+        shortcut_weight=0.6,
+        semantic_layer=26,
+        pixel_quantizer=QuantizerConfig(code_dim=32, depth=depth, codebook_size=16384),
+        semantic_quantizer=QuantizerConfig(code_dim=32, depth=depth, codebook_size=16384),
+        proj_head_dim=32,
+        decoder_latent_grid=(grid // 8) * 8 if grid % 8 else grid,  # 27 -> 24 (resize 27x27 -> 24x24)
+        decoder_channels=128,
+        decoder_channel_mult=(8, 4, 4, 1, 1),
+        decoder_res_blocks=2,
+        decoder_in_channels=1024,
+    )
+
+
+def so400m_dim256_model() -> ModelConfig:
+    """The early release's tokenizer, the one its model zoo linked (docs/method.md §2, "the dim-256 model"):
+    SigLIP v1 So400m/14-384, ResNet-block projections, pixel tap 6 without a shortcut, semantic tap 26, code dim
+    256, K = 32,768, depth 8, the same decoder."""
+    cfg = so400m_model(384, 14, "ViT-SO400M-14-SigLIP-384", depth=8)
+    cfg.shortcut_layer, cfg.projection = None, "conv"
+    for quantizer in (cfg.pixel_quantizer, cfg.semantic_quantizer):
+        quantizer.code_dim, quantizer.codebook_size = 256, 32768
+    return cfg
+
+
+# The named model sizes. Training presets of the same names (training/presets.py) add the losses and the recipe.
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # 64 px, patch 8 -> 8 x 8 grid, a few million parameters: the main job on a laptop CPU (the tiny world).
+    "tiny": ModelConfig(
+        # The pixel codebook reads the patch embedding (tap 0), not block 2 + 0.6 x block 1: the tiny teacher
+        # learned to ignore colour (its shapes come in random colours), so its blocks pass too little colour
+        # to learn from, and reconstructions came out grey; its patch embedding still carries it all
+        # (docs/tiny_recipe.md). The paper's SigLIP keeps colour at block 6.
+        pixel_layer=0,
+        shortcut_layer=None,
+        # 8 GroupNorm groups: the paper's 32 groups on tiny's 32-channel decoder levels are an instance norm
+        # that erases every channel's per-image mean, i.e. the image's colour (docs/tiny_recipe.md).
+        decoder_norm_groups=8,
+    ),
+    # The paper's model: SigLIP So400m/14 at 384 px, 27 x 27 grid, RVQ depth 8, K = 16,384.
+    "so400m-384": so400m_model(384, 14, "ViT-SO400M-14-SigLIP-384", depth=8),
+    # The same model on the released code's tower (docs/method.md §2): SigLIP2 weights from transformers.
+    "so400m-384-siglip2": so400m_model(384, 14, "ViT-SO400M-14-SigLIP-384", depth=8,
+                                       pretrained="hf:google/siglip2-so400m-patch14-384"),
+    # The 256 px variant: SigLIP2 So400m/16 at 256 px, 16 x 16 grid, RVQ depth 4.
+    "so400m-256": so400m_model(256, 16, "ViT-SO400M-16-SigLIP2-256", depth=4),
+    # The early release's published tokenizer: conv projections, code dim 256, K = 32,768, no shortcut.
+    "so400m-384-dim256": so400m_dim256_model(),
+}
+
+
+def model_preset(name: str) -> ModelConfig:
+    """A fresh copy of a named model size (changing it never changes the table)."""
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return copy.deepcopy(MODEL_PRESETS[name])
+
+
+def model_config_from_dict(data: dict, where: str = "model") -> ModelConfig:
+    """A ModelConfig from ``to_dict``'s output, including configs written before the current fields existed.
+
+    Those built the tower with exact GELU (timm's default) whatever weights it held, so a missing
+    ``backbone.activation`` reads as "gelu": an older folder loads as the same network it was. A retired field
+    is dropped when it holds its old default and refused otherwise (the layout it asked for never existed).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("backbone", {}), dict):
+        return from_dict(ModelConfig, data, where)  # from_dict names what is wrong
+    data = dict(data)
+    for name in RETIRED_FIELDS:
+        if data.pop(name, False):
+            raise ConfigError(f"{where}.{name}=true: the pooled-head projection of a code-dim-256 AttnProjection "
+                              "model, a layout the release never had, is no longer built; convert the "
+                              "release checkpoint again (python -m dualtoken_lite convert)")
+    data["backbone"] = {"activation": "gelu", **data.get("backbone", {})}
+    return from_dict(ModelConfig, data, where)

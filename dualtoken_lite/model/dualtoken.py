@@ -32,7 +32,7 @@ from dualtoken_lite.model.backbone import VisionTower
 from dualtoken_lite.model.config import ModelConfig, validate
 from dualtoken_lite.model.decoder import ConvDecoder, PostQuantResBlock, resize_to_latent_grid
 from dualtoken_lite.model.pretrained import load_pretrained, save_pretrained
-from dualtoken_lite.model.projection import AttnProjection
+from dualtoken_lite.model.projection import AttnProjection, ConvProjection
 from dualtoken_lite.quantizers.residual import ResidualQuantizer, RVQOutput
 
 
@@ -55,14 +55,15 @@ class DualToken(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = validate(cfg)
-        C, head, pool = cfg.backbone.width, cfg.proj_head_dim, cfg.proj_pool_heads
-        d_pix = cfg.pixel_quantizer.code_dim
+        C, d_pix = cfg.backbone.width, cfg.pixel_quantizer.code_dim
+        pix_head = cfg.proj_head_dim
+        sem_head = cfg.semantic_proj_head_dim or cfg.proj_head_dim
         self.encoder = VisionTower(cfg.backbone)
         # pixel branch: pre-quant projections (C -> d), quantizer, post-quant projection (d -> C, causal)
-        self.pixel_proj = AttnProjection(C, d_pix, head, pool_heads=pool)
-        self.shortcut_proj = AttnProjection(C, d_pix, head, pool_heads=pool) if cfg.shortcut_layer is not None else None
+        self.pixel_proj = self.projection(C, d_pix, pix_head)
+        self.shortcut_proj = self.projection(C, d_pix, pix_head) if cfg.shortcut_layer is not None else None
         self.pixel_quantizer = ResidualQuantizer.from_config(cfg.pixel_quantizer)
-        self.pixel_post_proj = AttnProjection(d_pix, C, head, causal=True)
+        self.pixel_post_proj = self.projection(d_pix, C, pix_head, causal=True)
         # semantic branch
         if cfg.semantic_layer is None:
             self.semantic_proj = self.semantic_quantizer = self.semantic_post_proj = None
@@ -70,18 +71,25 @@ class DualToken(nn.Module):
             self.semantic_proj = None
             # an alias, not a second registration: the state dict holds the shared quantizer once
             object.__setattr__(self, "semantic_quantizer", self.pixel_quantizer)
-            self.semantic_post_proj = AttnProjection(d_pix, C, head, causal=True)
+            self.semantic_post_proj = self.projection(d_pix, C, pix_head, causal=True)
         else:
             d_sem = cfg.semantic_quantizer.code_dim
-            self.semantic_proj = AttnProjection(C, d_sem, head, pool_heads=pool)
+            self.semantic_proj = self.projection(C, d_sem, sem_head)
             self.semantic_quantizer = ResidualQuantizer.from_config(cfg.semantic_quantizer)
-            self.semantic_post_proj = AttnProjection(d_sem, C, head, causal=True)
+            self.semantic_post_proj = self.projection(d_sem, C, sem_head, causal=True)
         # decoder path: (B, C, H, W) -> resize -> (B, C_in, g, g) -> (B, 3, h, w)
         self.post_quant_block = PostQuantResBlock(C, cfg.decoder_in_channels, cfg.decoder_norm_groups)
         self.decoder = ConvDecoder(
             cfg.decoder_in_channels, cfg.decoder_channels, cfg.decoder_channel_mult, cfg.decoder_res_blocks,
             cfg.decoder_norm_groups,
         )
+
+    def projection(self, in_dim: int, out_dim: int, head_dim: int, causal: bool = False) -> nn.Module:
+        """A pre- or post-quant projection of the configured kind: AttnProjection, or the early release's ResNet
+        block (``projection="conv"``, which has no causal order)."""
+        if self.cfg.projection == "conv":
+            return ConvProjection(in_dim, out_dim, self.cfg.backbone.grid, self.cfg.decoder_norm_groups)
+        return AttnProjection(in_dim, out_dim, head_dim, causal=causal)
 
     # ----------------------------------------------------------------------------------------- stages
     @property
@@ -146,13 +154,16 @@ class DualToken(nn.Module):
         )
 
     # ----------------------------------------------------------------------------------------- codes API
-    def check_codes(self, codes: Tensor, quantizer: ResidualQuantizer, name: str) -> None:
-        """Raise ValueError unless codes is (B, H, W, D) for this model's grid and quantizer depth."""
+    def check_codes(self, codes: Tensor, quantizer: ResidualQuantizer, name: str, depths: int | None = None) -> None:
+        """Raise ValueError unless codes is (B, H, W, D) for this model's grid and quantizer depth (or, with
+        ``depths``, just the first ``depths`` of them: (B, H, W, depths))."""
         want = (self.grid, self.grid, quantizer.depth)
-        if not torch.is_tensor(codes) or codes.dim() != 4 or tuple(codes.shape[1:]) != want:
+        allowed = {quantizer.depth, depths or quantizer.depth}
+        if not torch.is_tensor(codes) or codes.dim() != 4 or tuple(codes.shape[1:3]) != want[:2] or \
+                codes.shape[3] not in allowed:
             got = tuple(codes.shape) if torch.is_tensor(codes) else type(codes).__name__
             raise ValueError(f"{name} must have shape (B, {want[0]}, {want[1]}, {want[2]}), got {got}")
-        quantizer.check_codes(codes)  # integer dtype, values in [0, K)
+        quantizer.check_codes(codes, allowed_depths=tuple(allowed))  # integer dtype, values in [0, K)
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """images (B, 3, h, w) -> (pixel_codes (B, H, W, D), semantic_codes (B, H, W, D) or None).
@@ -162,10 +173,11 @@ class DualToken(nn.Module):
         enc = self.forward_encoder(images, pool=False)
         return enc["pixel"].codes, enc["semantic"].codes if enc["semantic"] is not None else None
 
-    def decode(self, pixel_codes: Tensor) -> Tensor:
-        """pixel_codes (B, H, W, D) -> images (B, 3, h, w), [-1, 1] scale."""
-        self.check_codes(pixel_codes, self.pixel_quantizer, "pixel_codes")
-        return self.decode_quantized(self.pixel_quantizer.decode(pixel_codes))
+    def decode(self, pixel_codes: Tensor, depths: int | None = None) -> Tensor:
+        """pixel_codes (B, H, W, D) -> images (B, 3, h, w), [-1, 1] scale. ``depths=d`` decodes from the first d
+        depths only (a coarser image; the codes may then be just those, (B, H, W, d))."""
+        self.check_codes(pixel_codes, self.pixel_quantizer, "pixel_codes", depths)
+        return self.decode_quantized(self.pixel_quantizer.decode(pixel_codes, depths))
 
     def embed(self, images: Tensor) -> Tensor:
         """images (B, 3, h, w) -> pooled embedding (B, E) through the quantized semantic path."""

@@ -1,14 +1,17 @@
 """Model checkpoints: one folder with ``config.json`` and ``model.safetensors`` (the layout every command takes).
 
     run/checkpoint-best/
-        config.json          {"format": "dualtoken_lite", "format_version": 1, "model": <ModelConfig as a dict>}
+        config.json          {"format": "dualtoken_lite", "format_version": 2, "model": <ModelConfig as a dict>}
         model.safetensors    every parameter and buffer, codebooks included (EMA counts and averages too)
 
-Loading is strict (the released code swallowed strict-load errors and trained on with random weights, docs/method.md §7.4):
-the file's tensor names and shapes are compared with the model built from the saved config, and any missing,
-unexpected or mis-shaped tensor is an error that lists them. The model is first built on the meta device (no
+Loading is strict (the release's evaluation and inference scripts swallow a failed strict load and go on with the
+weights the model was built with, docs/method.md §7.4): the file's tensor names and shapes are compared with the
+model built from the saved config, and any missing, unexpected or mis-shaped tensor is an error that lists them. The model is first built on the meta device (no
 random initialisation of hundreds of millions of weights) and then takes the stored tensors as they are, so a
 round trip is exact.
+
+Format version 2 stores the tower's activation (``backbone.activation``: exact or tanh GELU); a version-1 folder
+has none and loads with exact GELU, the network it always loaded as (``model_config_from_dict``).
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dualtoken_lite.model.config import ModelConfig
-from dualtoken_lite.settings import ConfigError, UserError, from_dict, to_dict
+from dualtoken_lite.model.config import ModelConfig, model_config_from_dict
+from dualtoken_lite.settings import ConfigError, UserError, to_dict
 
 FORMAT = "dualtoken_lite"
-FORMAT_VERSION = 1  # bump when the tensor names or the config layout change incompatibly
+FORMAT_VERSION = 2  # bump when the tensor names or the config layout change (2: backbone.activation stored)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -86,7 +89,7 @@ def load_config(directory: str | Path) -> ModelConfig:
             "update dualtoken_lite"
         )
     try:
-        return from_dict(ModelConfig, config["model"], "model")
+        return model_config_from_dict(config["model"], "model")
     except (ConfigError, KeyError) as err:
         raise CheckpointError(f"{path}: {err}") from None
 

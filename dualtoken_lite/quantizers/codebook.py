@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 RESTART_SEED = 20250318  # base seed of the restart draws; the update counter is added, so resumes replay them
+CODEBOOK_OPTIONS = ("decay", "eps", "dead_code_threshold", "cosine", "chunk_size")  # Codebook's settings by name
 NO_UPDATE = {"updated": 0.0, "vectors": 0.0, "restarted": 0.0, "utilisation": 0.0, "perplexity": 0.0}
 
 
@@ -104,11 +105,11 @@ def distributed_ready() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def draw_restart_vectors(pool: Tensor, n: int, generator: torch.Generator) -> Tensor:
+def draw_restart_vectors(pool: Tensor, n: int, rng: torch.Generator) -> Tensor:
     """n rows drawn without replacement (when possible) from every rank's pool, concatenated in rank order.
 
     pool: (M_r, d) this rank's candidates -> (n, d), the same on every rank. The indices come from a
-    generator seeded identically everywhere; each rank fills the rows it owns and a sum all-reduce
+    random number generator seeded identically everywhere; each rank fills the rows it owns and a sum all-reduce
     assembles them, so ranks agree exactly with one process that saw the concatenated batch.
     """
     sizes = [pool.shape[0]]
@@ -120,9 +121,9 @@ def draw_restart_vectors(pool: Tensor, n: int, generator: torch.Generator) -> Te
         offset = sum(sizes[: dist.get_rank()])
     total = sum(sizes)
     if total >= n:
-        index = torch.randperm(total, generator=generator)[:n]
+        index = torch.randperm(total, generator=rng)[:n]
     else:  # fewer candidates than dead codes: some codes share a restart vector
-        index = torch.randint(total, (n,), generator=generator)
+        index = torch.randint(total, (n,), generator=rng)
     index = index.to(pool.device)
     mine = (index >= offset) & (index < offset + pool.shape[0])
     vectors = torch.zeros(n, pool.shape[1], dtype=pool.dtype, device=pool.device)
@@ -249,8 +250,8 @@ class Codebook(nn.Module):
         n_dead = int(dead.sum())
         if n_dead == 0:
             return 0
-        generator = torch.Generator().manual_seed(RESTART_SEED + 1_000_003 * self.seed + int(self.steps))
-        vectors = draw_restart_vectors(pool, n_dead, generator)  # (n_dead, d)
+        rng = torch.Generator().manual_seed(RESTART_SEED + 1_000_003 * self.seed + int(self.steps))
+        vectors = draw_restart_vectors(pool, n_dead, rng)  # (n_dead, d)
         start = self.dead_code_threshold if self.dead_code_threshold > 0 else 1.0
         self.embed[dead] = vectors
         self.cluster_size[dead] = start  # a restarted code starts at the threshold: used soon or restarted again

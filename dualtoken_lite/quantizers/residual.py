@@ -32,16 +32,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dualtoken_lite.quantizers.codebook import Codebook
+from dualtoken_lite.quantizers.codebook import CODEBOOK_OPTIONS, Codebook
 from dualtoken_lite.quantizers.vector import check_features, straight_through, usage_stats
-from dualtoken_lite.settings import ConfigError
+from dualtoken_lite.settings import ConfigError, require_at_least
 
 
 @dataclass
 class QuantizerConfig:
     """One residual vector quantizer (docs/method.md §2: depth 8, one shared codebook of 16,384 codes)."""
 
-    code_dim: int = 32  # d, the dimension of each code (32 in the released config; 256 in the model zoo)
+    code_dim: int = 32  # d, the dimension of each code (32 in the released configs; 256 in the early release's)
     depth: int = 8  # D, residual depth: codes per token position
     codebook_size: int = 16384  # K, codes in the codebook
     shared_codebook: bool = True  # one codebook for all depths (paper) or one per depth
@@ -52,23 +52,14 @@ class QuantizerConfig:
     chunk_size: int = 128  # rows of the N x K distance matrix computed at once (128 x 16,384 fp32: 8 MiB, in cache)
 
 
-
-
 def validate_quantizer(q: QuantizerConfig, where: str) -> None:
     """Check one quantizer config; raise ConfigError naming ``where`` (e.g. 'pixel_quantizer')."""
-    if q.code_dim < 1:
-        raise ConfigError(f"{where}.code_dim={q.code_dim} must be >= 1")
-    if q.depth < 1:
-        raise ConfigError(f"{where}.depth={q.depth} must be >= 1")
-    if q.codebook_size < 2:
-        raise ConfigError(f"{where}.codebook_size={q.codebook_size} must be >= 2")
+    require_at_least(q, ("code_dim", "depth", "chunk_size"), 1, where=f"{where}.")
+    require_at_least(q, ("codebook_size",), 2, where=f"{where}.")
     if not 0.0 < q.decay < 1.0:
         raise ConfigError(f"{where}.decay={q.decay} must lie strictly between 0 and 1 (paper: 0.99)")
     if q.eps <= 0:
         raise ConfigError(f"{where}.eps={q.eps} must be > 0 (paper: 1e-5)")
-    if q.chunk_size < 1:
-        raise ConfigError(f"{where}.chunk_size={q.chunk_size} must be >= 1")
-
 
 
 @dataclass
@@ -93,42 +84,23 @@ class RVQOutput:
 class ResidualQuantizer(nn.Module):
     """D-level residual vector quantizer with a shared (or per-depth) EMA codebook."""
 
-    def __init__(
-        self,
-        dim: int,
-        depth: int,
-        codebook_size: int,
-        shared_codebook: bool = True,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        dead_code_threshold: float = 1.0,
-        cosine: bool = False,
-        chunk_size: int = 128,
-    ):
+    def __init__(self, dim: int, depth: int, codebook_size: int, shared_codebook: bool = True, **codebook_options):
+        """``codebook_options``: how each codebook looks up and moves (``Codebook``'s arguments: decay, eps,
+        dead_code_threshold, cosine, chunk_size)."""
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth={depth} must be >= 1 (paper: 8)")
         self.dim, self.depth, self.codebook_size = dim, depth, codebook_size
         self.shared_codebook = shared_codebook
         self.codebooks = nn.ModuleList(
-            Codebook(codebook_size, dim, decay, eps, dead_code_threshold, cosine, chunk_size, seed=i)
-            for i in range(1 if shared_codebook else depth)
+            Codebook(codebook_size, dim, seed=i, **codebook_options) for i in range(1 if shared_codebook else depth)
         )
 
     @classmethod
     def from_config(cls, cfg: QuantizerConfig) -> ResidualQuantizer:
-        """Build from a ``dualtoken_lite.config.QuantizerConfig``."""
-        return cls(
-            dim=cfg.code_dim,
-            depth=cfg.depth,
-            codebook_size=cfg.codebook_size,
-            shared_codebook=cfg.shared_codebook,
-            decay=cfg.decay,
-            eps=cfg.eps,
-            dead_code_threshold=cfg.dead_code_threshold,
-            cosine=cfg.cosine,
-            chunk_size=cfg.chunk_size,
-        )
+        """Build from a ``QuantizerConfig``."""
+        options = {name: getattr(cfg, name) for name in CODEBOOK_OPTIONS}
+        return cls(cfg.code_dim, cfg.depth, cfg.codebook_size, cfg.shared_codebook, **options)
 
     def codebook_at(self, depth: int) -> Codebook:
         """The codebook that depth (0-indexed) looks up."""
@@ -178,20 +150,26 @@ class ResidualQuantizer(nn.Module):
         )
 
     @torch.no_grad()
-    def decode(self, codes: Tensor) -> Tensor:
-        """codes (..., D) -> (..., d): sum of each depth's code vector, exactly forward's quantized value."""
-        self.check_codes(codes)
-        flat = codes.reshape(-1, self.depth)  # (N, D)
+    def decode(self, codes: Tensor, depths: int | None = None) -> Tensor:
+        """codes (..., D) -> (..., d): the sum of the first ``depths`` depths' code vectors (all D by default, which
+        is exactly forward's quantized value). A coarser reconstruction from fewer depths may also be given just
+        those codes, (..., depths)."""
+        depths = self.depth if depths is None else depths
+        if not 1 <= depths <= self.depth:
+            raise ValueError(f"depths={depths} must lie in 1..{self.depth} (this quantizer's depth)")
+        self.check_codes(codes, allowed_depths=(self.depth, depths))
+        flat = codes.reshape(-1, codes.shape[-1])  # (N, D) or (N, depths)
         partial = torch.zeros(flat.shape[0], self.dim, device=self.codebooks[0].embed.device)
-        for d in range(self.depth):
+        for d in range(depths):
             partial = partial + self.codebook_at(d).embed[flat[:, d]]
         return partial.reshape(*codes.shape[:-1], self.dim)
 
-    def check_codes(self, codes: Tensor) -> None:
-        """Raise ValueError unless codes is an integer tensor (..., D) with values in [0, K)."""
+    def check_codes(self, codes: Tensor, allowed_depths: tuple[int, ...] | None = None) -> None:
+        """Raise ValueError unless codes is an integer tensor (..., D) (or (..., d), d in ``allowed_depths``) with
+        values in [0, K)."""
         if not torch.is_tensor(codes) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
             raise ValueError(f"codes must be an integer tensor (..., {self.depth}), got {getattr(codes, 'dtype', codes)}")
-        if codes.dim() < 1 or codes.shape[-1] != self.depth:
+        if codes.dim() < 1 or codes.shape[-1] not in (allowed_depths or (self.depth,)):
             raise ValueError(
                 f"codes must have shape (..., {self.depth}) (one code per depth), got {tuple(codes.shape)}"
             )

@@ -33,6 +33,10 @@ def commitment_loss(z: Tensor, q: Tensor) -> Tensor:
     return (z - q.detach()).pow(2).mean()
 
 
+class NonFiniteInput(ValueError):
+    """The features to quantize hold NaN or inf (in training: the weights before the quantizer have diverged)."""
+
+
 def check_features(z: Tensor, dim: int) -> None:
     """Raise ValueError unless z is a floating tensor (..., dim) with only finite values."""
     if not torch.is_tensor(z) or not z.is_floating_point():
@@ -45,7 +49,7 @@ def check_features(z: Tensor, dim: int) -> None:
         )
     if not bool(torch.isfinite(z).all()):
         bad = int((~torch.isfinite(z)).sum())
-        raise ValueError(f"input holds {bad} non-finite value(s) (NaN or inf) out of {z.numel()}; check the encoder")
+        raise NonFiniteInput(f"input holds {bad} non-finite value(s) (NaN or inf) out of {z.numel()}; check the encoder")
 
 
 def code_histogram(codes: Tensor, size: int) -> Tensor:
@@ -72,19 +76,12 @@ class VQOutput:
 class VectorQuantizer(nn.Module):
     """One codebook, nearest-code lookup, straight-through output, EMA updates via ``update_codebook()``."""
 
-    def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        dead_code_threshold: float = 1.0,
-        cosine: bool = False,
-        chunk_size: int = 128,
-    ):
+    def __init__(self, dim: int, codebook_size: int, **codebook_options):
+        """``codebook_options``: how the codebook looks up and moves (``Codebook``'s arguments: decay, eps,
+        dead_code_threshold, cosine, chunk_size)."""
         super().__init__()
         self.dim = dim
-        self.codebook = Codebook(codebook_size, dim, decay, eps, dead_code_threshold, cosine, chunk_size)
+        self.codebook = Codebook(codebook_size, dim, **codebook_options)
 
     def forward(self, z: Tensor) -> VQOutput:
         """z (..., d) -> VQOutput; in training mode the step's EMA statistics are accumulated."""

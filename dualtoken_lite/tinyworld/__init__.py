@@ -1,15 +1,15 @@
 """The tiny world: a procedural, labelled 64 px image set and its ViT teacher, the small-scale stand-in for
 ImageNet and SigLIP that lets every code path run on a CPU (docs/method.md §9).
 
-    generator.py   draws sample i of a split from its own seed: one light shape of 8 classes on a darker ground
+    drawing.py     draws sample i of a split from its own seed: one light shape of 8 classes on a darker ground
     shards.py      writes and reads the samples as plain WebDataset tar shards
     paths.py       where the shards and the shipped teacher live; "tinyworld" / "tinyworld-eval" on the command line
     teacher.py     trains and loads the teacher ViT (shipped in data/teacher/)
 
-``from dualtoken_lite import tinyworld as tw`` gives the generator's and the shards' public names.
+``from dualtoken_lite import tinyworld as tw`` gives the drawing and the shards' public names.
 """
 
-from dualtoken_lite.tinyworld.generator import (
+from dualtoken_lite.tinyworld.drawing import (
     BACKGROUNDS,
     CLASSES,
     FILLS,
@@ -37,6 +37,6 @@ from dualtoken_lite.tinyworld.shards import (
 __all__ = [
     "BACKGROUNDS", "CLASSES", "DEFAULT_COUNTS", "FILLS", "PHOTOS", "SPLITS", "TEACHER_DIR", "TINYWORLD_ROOT",
     "TinyWorldConfig", "encode_png", "ensure_tinyworld", "load_split", "make_batch", "make_sample",
-    "make_sample_with_mask", "resolve_data", "sample_rng", "shape_mask", "shape_outlines", "to_tensor",
+    "make_sample_with_mask", "sample_rng", "shape_mask", "shape_outlines", "to_tensor",
     "write_shards", "write_split_shard",
 ]

@@ -4,7 +4,7 @@
     images, labels = load_split(paths["eval"])    # (B, h, w, 3) uint8, (B,) int64
     resolve_data("tinyworld-eval")                # a data argument: the tiny world's names -> shard paths
 
-Command line: ``python -m dualtoken_lite.tinyworld --out data/tinyworld`` writes the shards.
+Command line: ``python -m dualtoken_lite tinyworld --out data/tinyworld`` writes the shards.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import io
 import os
 import tarfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from dualtoken_lite.datasets.sources import read_shard
-from dualtoken_lite.tinyworld.generator import SPLITS, TinyWorldConfig, make_sample, split_id
+from dualtoken_lite.settings import UserError, atomic_path
+from dualtoken_lite.tinyworld.drawing import SPLITS, TinyWorldConfig, make_sample, split_id
 from dualtoken_lite.tinyworld.paths import SOURCE_NAMES, TINYWORLD_ROOT
 
 
@@ -61,8 +63,8 @@ def write_shards(root: str | os.PathLike, split: str, count: int, shard_size: in
 
 def write_one_shard(path: str, split: str, indices: range, cfg: TinyWorldConfig | None = None) -> None:
     """Samples ``indices`` of a split into the shard ``path``, written to a temporary name and renamed into place."""
-    tmp = f"{path}.partial-{os.getpid()}"
-    with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for i in indices:
             image, meta = make_sample(i, split, cfg)
             key = f"{split}-{i:07d}"
@@ -70,7 +72,6 @@ def write_one_shard(path: str, split: str, indices: range, cfg: TinyWorldConfig 
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size, info.mtime, info.mode = len(payload), 0, 0o444
                 tar.addfile(info, io.BytesIO(payload))
-    os.replace(tmp, path)
 
 
 def write_split_shard(folder: str | os.PathLike, split: str, count: int) -> str:
@@ -130,13 +131,18 @@ def resolve_data(source: str | list, is_main: bool = True, barrier: Callable[[],
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite tinyworld", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(TINYWORLD_ROOT), help="folder of the shards")
     parser.add_argument("--splits", nargs="+", default=["train", "eval"], choices=sorted(SPLITS))
     parser.add_argument("--train-count", type=int, default=DEFAULT_COUNTS["train"])
     parser.add_argument("--eval-count", type=int, default=DEFAULT_COUNTS["eval"])
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     args = parser.parse_args(argv)
+    if min(args.train_count, args.eval_count, args.shard_size) < 1:
+        raise UserError("--train-count, --eval-count and --shard-size must be >= 1")
+    existing = next(p for p in [Path(args.out), *Path(args.out).parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"--out {args.out}: {existing} is not a writable folder")
     counts = {"train": args.train_count, "eval": args.eval_count}
     paths = ensure_tinyworld(args.out, tuple(args.splits), counts, args.shard_size)
     for split, files in paths.items():

@@ -1,1 +1,1 @@
-"""The command-line tools behind python -m dualtoken_lite.{evaluate,reconstruct,tokens,ablation}."""
+"""The command-line tools of the tokenizer (``python -m dualtoken_lite evaluate | reconstruct | tokens | convert | ablation | teacher``)."""

@@ -13,8 +13,8 @@ Here each variant is the tiny preset with its taps moved (``VARIANTS``), trained
 PSNR and SSIM for all, and, for the two with a semantic branch, the semantic accuracy (the teacher's class head
 on the pooled embedding computed from the quantized path, the stand-in for zero-shot; docs/method.md §6, §9).
 
-    python -m dualtoken_lite.ablation --steps 1200 --seeds 0 1 --threads 1 --out runs/ablation   # 8 runs
-    python -m dualtoken_lite.ablation --steps 2 --seeds 0 --batch_size 4 --teacher backbone   # smoke run
+    python -m dualtoken_lite ablation --steps 1200 --seeds 0 1 --threads 1 --out runs/ablation   # 8 runs
+    python -m dualtoken_lite ablation --steps 2 --seeds 0 --batch_size 4 --teacher backbone   # smoke run
 
 Any other ``--flag value`` goes to every run's trainer (``python -m dualtoken_lite.train --help`` names them);
 the variant's model flags come last, so they always win. A run whose ``summary.json`` exists with the same
@@ -179,7 +179,7 @@ def run_ablation(steps: int, seeds: list[int], out: str | Path, extra: list[str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.ablation", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite ablation", description=__doc__.split("\n")[0],
                                      epilog="Other --flag value pairs are passed to every training run.",
                                      allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=1200, help="optimizer steps of every run (one budget; the main job's 1,200)")

@@ -8,8 +8,9 @@ A CKPT argument is either a ``save_pretrained`` folder (``config.json`` + ``mode
 run folder written by ``python -m dualtoken_lite.train --out RUN``: then ``RUN/model`` (the final weights) if it
 exists, else the newest complete ``RUN/checkpoints/step_*``.
 
-Inputs are image files, folders (searched recursively, sorted) or WebDataset shards (a ``.tar`` path or a brace
-pattern). Every image keeps a name (the file path, or ``shard:key``) so a bad one is reported by name and
+Inputs are image files, folders (searched recursively, sorted; links as ``datasets.sources.walk_files`` follows
+them) or WebDataset shards (a ``.tar`` path or a brace pattern). Each real file is read once, however many inputs
+or links lead to it. Every image keeps a name (the file path, or ``shard:key``) so a bad one is reported by name and
 skipped, never fatal: ``iter_images`` yields the error in place of the image.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,9 +27,10 @@ import torch
 from PIL import Image
 
 from dualtoken_lite.datasets.images import BadImageError, decode_image, load_image
-from dualtoken_lite.datasets.sources import expand_shards, index_shard, list_folder, read_bytes
+from dualtoken_lite.datasets.sources import expand_shards, file_identity, index_shard, list_folder, read_bytes
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.pretrained import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+from dualtoken_lite.settings import UserError
 from dualtoken_lite.training.checkpoints import latest_checkpoint
 
 
@@ -60,22 +63,71 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
 
+def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a folder that exists or can be made and written, or a UserError before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder")
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"{flag} {path}: {existing} is not a writable folder; give another {flag}")
+    return path
+
+
+def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a file whose folder exists and can be written, or a UserError before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UserError(f"{flag} {path}: {path.parent} is not a writable folder; give another {flag}")
+    return path
+
+
 def is_shard_source(text: str) -> bool:
     """A WebDataset shard path or brace pattern (as opposed to an image file or folder)."""
     return text.endswith(".tar") or "{" in text or "::" in text
 
 
 def iter_images(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, Image.Image | BadImageError]]:
-    """(name, RGB image) for every image of every input, in order; (name, BadImageError) for a bad one."""
+    """(name, RGB image) for every image of every input, in order, each real file once; (name, BadImageError) for a
+    bad one."""
+    seen: set = set()  # identities of the files (images, shards) already read
+    repeats = 0
     for item in inputs:
         text = os.fspath(item)
         if os.path.isdir(text):
-            for file in list_folder(text).units:
-                yield _load_file(file)
+            files = list_folder(text).units
         elif is_shard_source(text):
-            yield from _iter_shards(text)
+            try:
+                files = expand_shards(text)
+            except (FileNotFoundError, ValueError) as e:
+                yield text, BadImageError(text, str(e))
+                continue
         else:
-            yield _load_file(text)
+            files = [text]
+        for file in files:
+            if not first_time(file, seen):
+                repeats += 1
+            elif is_shard_source(file):
+                yield from _iter_shard(file)
+            else:
+                yield _load_file(file)
+    if repeats:
+        print(f"note: {repeats} input path(s) led to a file already read (named twice, or through a link); each file "
+              "was read once", file=sys.stderr)
+
+
+def first_time(path: str, seen: set) -> bool:
+    """Whether the file ``path`` leads to is not in ``seen`` yet (it is added); a missing file counts as new."""
+    try:
+        identity = file_identity(path)
+    except OSError:
+        return True
+    if identity in seen:
+        return False
+    seen.add(identity)
+    return True
 
 
 def _load_file(path: str) -> tuple[str, Image.Image | BadImageError]:
@@ -87,22 +139,16 @@ def _load_file(path: str) -> tuple[str, Image.Image | BadImageError]:
         return path, e
 
 
-def _iter_shards(pattern: str) -> Iterator[tuple[str, Image.Image | BadImageError]]:
-    try:
-        shards = expand_shards(pattern)
-    except (FileNotFoundError, ValueError) as e:
-        yield pattern, BadImageError(pattern, str(e))
-        return
-    for unit, shard in enumerate(shards):
-        for ref in index_shard(shard, unit):
-            name = f"{shard}:{ref.key}"
-            if ref.error is not None:
-                yield name, BadImageError(name, ref.error)
-                continue
-            try:
-                yield name, decode_image(read_bytes(shard, *ref.image), name)
-            except (BadImageError, EOFError) as e:
-                yield name, e if isinstance(e, BadImageError) else BadImageError(name, str(e))
+def _iter_shard(shard: str) -> Iterator[tuple[str, Image.Image | BadImageError]]:
+    for ref in index_shard(shard, 0):
+        name = f"{shard}:{ref.key}"
+        if ref.error is not None:
+            yield name, BadImageError(name, ref.error)
+            continue
+        try:
+            yield name, decode_image(read_bytes(shard, *ref.image), name)
+        except (BadImageError, EOFError) as e:
+            yield name, e if isinstance(e, BadImageError) else BadImageError(name, str(e))
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

@@ -1,8 +1,8 @@
-"""Evaluate a tokenizer from the command line: ``python -m dualtoken_lite.evaluate CKPT --data SRC`` (docs/method.md §6).
+"""Evaluate a tokenizer from the command line: ``python -m dualtoken_lite evaluate CKPT --data SRC`` (docs/method.md §6).
 
-    python -m dualtoken_lite.evaluate runs/tiny --data tinyworld-eval                 # RUN/model, or its last step
-    python -m dualtoken_lite.evaluate runs/tiny/model --data photos/ --max-images 500 --lpips --fid --json e.json
-    python -m dualtoken_lite.evaluate runs/so400m --data 'imagenet-val-{0000..0063}.tar' --zero-shot --lpips --fid
+    python -m dualtoken_lite evaluate runs/tiny --data tinyworld-eval                 # RUN/model, or its last step
+    python -m dualtoken_lite evaluate runs/tiny/model --data photos/ --max-images 500 --lpips --fid --json e.json
+    python -m dualtoken_lite evaluate runs/so400m --data 'imagenet-val-{0000..0063}.tar' --zero-shot --lpips --fid
 
 Everything is measured through the codes, as a language model sees the tokenizer (``evaluation.loop``):
 
@@ -41,6 +41,7 @@ from dualtoken_lite.evaluation.external import (
 from dualtoken_lite.evaluation.loop import evaluate_codes, format_table
 from dualtoken_lite.losses.perceptual import Perceptual, PerceptualWeightsMissing
 from dualtoken_lite.model.hf_siglip import HF_REPO_PREFIX, read_hf_config_json
+from dualtoken_lite.settings import UserError
 from dualtoken_lite.tinyworld.paths import TEACHER_DIR
 from dualtoken_lite.tinyworld.shards import resolve_data
 from dualtoken_lite.tinyworld.teacher import CARD_FILE, load_teacher
@@ -85,7 +86,7 @@ def semantic_head(model, args, device) -> tuple[nn.Module | None, nn.Module | No
 
 def main(argv: list[str] | None = None, fid_feature: nn.Module | None = None) -> int:
     """The command line; ``fid_feature`` replaces Inception-v3 for rFID (tests use a small stand-in network)."""
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="model folder (save_pretrained) or training run folder")
     parser.add_argument("--data", required=True, help="folder, .tar shard(s), brace pattern, or tinyworld-eval")
     parser.add_argument("--max-images", type=int, default=None, help="stop after this many images")
@@ -102,7 +103,10 @@ def main(argv: list[str] | None = None, fid_feature: nn.Module | None = None) ->
     parser.add_argument("--fid", action="store_true", help="rFID (needs torch-fidelity + Inception weights)")
     parser.add_argument("--inception-weights", default=None, help=f"path of {INCEPTION_FILE}")
     parser.add_argument("--json", default=None, help="where to write the results (default: CKPT folder/eval.json)")
-    return run(parser.parse_args(argv), fid_feature)
+    args = parser.parse_args(argv)
+    if args.max_images is not None and args.max_images < 1:
+        raise UserError(f"--max-images must be >= 1 (or left out for all images); got {args.max_images}")
+    return run(args, fid_feature)
 
 
 def run(args, fid_feature: nn.Module | None = None) -> int:

@@ -1,6 +1,6 @@
-"""Reconstruct images through the tokenizer and show their token maps: ``python -m dualtoken_lite.reconstruct``.
+"""Reconstruct images through the tokenizer and show their token maps: ``python -m dualtoken_lite reconstruct``.
 
-    python -m dualtoken_lite.reconstruct runs/tiny cat.jpg logo.png photos/ --out recon/ --upscale 4
+    python -m dualtoken_lite reconstruct runs/tiny cat.jpg logo.png photos/ --out recon/ --upscale 4
 
 For each input image NAME (any PIL mode and size: resized and center-cropped as in docs/method.md §5's eval transform):
 
@@ -27,7 +27,15 @@ from torch import Tensor
 
 from dualtoken_lite.datasets.images import preprocess, to_pil
 from dualtoken_lite.evaluation.metrics import psnr
-from dualtoken_lite.tools.common import batched, iter_images, load_tokenizer, output_stem, pick_device
+from dualtoken_lite.settings import UserError
+from dualtoken_lite.tools.common import (
+    batched,
+    iter_images,
+    load_tokenizer,
+    output_stem,
+    pick_device,
+    writable_folder,
+)
 
 GOLDEN = 0.6180339887498949  # hue step between consecutive code ids: neighbouring ids get distant colours
 
@@ -97,7 +105,7 @@ def write_outputs(out: Path, stem: str, x: Tensor, x_hat: Tensor, pixel: Tensor,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.reconstruct", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite reconstruct", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="model folder (save_pretrained) or training run folder")
     parser.add_argument("inputs", nargs="+", help="image files (any mode and size), folders or .tar shards")
     parser.add_argument("--out", required=True, help="output folder")
@@ -105,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
     args = parser.parse_args(argv)
-    if args.upscale < 1:
-        parser.error(f"--upscale must be >= 1; got {args.upscale}")
+    if args.upscale < 1 or args.batch_size < 1:
+        raise UserError(f"--upscale and --batch-size must be >= 1; got {args.upscale} and {args.batch_size}")
+    out = writable_folder(args.out)
     model, folder = load_tokenizer(args.checkpoint, pick_device(args.device))
     device, size = next(model.parameters()).device, model.cfg.backbone.image_size
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     taken, done, failed = set(), 0, []
     for chunk in batched(iter_images(args.inputs), args.batch_size):

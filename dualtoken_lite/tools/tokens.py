@@ -1,7 +1,7 @@
 """Images <-> DualToken codes from the command line, in files a language-model pipeline reads.
 
-    python -m dualtoken_lite.tokens encode runs/tiny photos/ a.jpg 'shards/val-{0000..0003}.tar' --out codes.safetensors
-    python -m dualtoken_lite.tokens decode runs/tiny codes.safetensors --out recon/     # NAME.png per image
+    python -m dualtoken_lite tokens encode runs/tiny photos/ a.jpg 'shards/val-{0000..0003}.tar' --out codes.safetensors
+    python -m dualtoken_lite tokens decode runs/tiny codes.safetensors --out recon/     # NAME.png per image
 
 The token layout (which id means which code of which position) is ``model/token_layout.py``.
 
@@ -36,8 +36,16 @@ from tqdm import tqdm
 from dualtoken_lite.datasets.images import preprocess, to_pil
 from dualtoken_lite.datasets.sources import expand_shards, read_shard
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence, to_lm_sequence
-from dualtoken_lite.settings import UserError, run_cli
-from dualtoken_lite.tools.common import batched, iter_images, load_tokenizer, output_stem, pick_device
+from dualtoken_lite.settings import UserError, os_error_of, run_cli, write_failed
+from dualtoken_lite.tools.common import (
+    batched,
+    iter_images,
+    load_tokenizer,
+    output_stem,
+    pick_device,
+    writable_file,
+    writable_folder,
+)
 
 
 # ------------------------------------------------------------------------------------------- codes <-> files
@@ -64,6 +72,9 @@ def encode_inputs(model, inputs: list[str], batch_size: int = 32, progress: bool
     if not names:
         raise CodesFileError(f"no image could be read from {inputs}: " + "; ".join(f"{n}: {r}" for n, r in failed[:3]))
     return names, torch.cat(pixel), torch.cat(semantic) if semantic else None, failed
+
+
+CODE_FILES = (".safetensors", ".npy", ".tar")  # what `encode` writes, by --out's suffix
 
 
 def save_codes(path: str | Path, names: list[str], pixel: Tensor, semantic: Tensor | None, layout: TokenLayout,
@@ -123,7 +134,7 @@ def load_codes(path: str | Path, layout: TokenLayout) -> tuple[list[str], Tensor
         with safe_open(text, framework="pt") as f:
             meta, keys = f.metadata() or {}, set(f.keys())
             if "pixel_codes" not in keys:
-                raise CodesFileError(f"{text} holds no pixel_codes: was it written by `dualtoken_lite.tokens encode`?")
+                raise CodesFileError(f"{text} holds no pixel_codes: was it written by `python -m dualtoken_lite tokens encode`?")
             stored = json.loads(meta.get("layout", "null"))
             if stored is not None and not same_codes(TokenLayout(**stored), layout):
                 raise CodesFileError(f"{text} was written with layout {stored}, but the checkpoint has {asdict(layout)}; "
@@ -147,7 +158,7 @@ def load_codes(path: str | Path, layout: TokenLayout) -> tuple[list[str], Tensor
     if text.endswith(".tar") or "{" in text:
         return _read_shards(text, layout)
     raise CodesFileError(f"{text!r}: expected a .safetensors, .npy or .tar file written by "
-                         "`dualtoken_lite.tokens encode`")
+                         "`python -m dualtoken_lite tokens encode`")
 
 
 class CodesFileError(UserError, ValueError):
@@ -194,7 +205,7 @@ def decode_codes(model, pixel: Tensor, batch_size: int = 32) -> Tensor:
 
 # ------------------------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.tokens", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite tokens", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     enc = sub.add_parser("encode", help="images, folders or shards -> codes file")
     enc.add_argument("checkpoint", help="model folder (save_pretrained) or training run folder")
@@ -210,13 +221,29 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
     args = parser.parse_args(argv)
+    if args.batch_size < 1 or getattr(args, "shard_size", 1) < 1:
+        raise UserError("--batch-size and --shard-size must be >= 1")
+    if args.command == "encode":  # every argument checked before any image is read
+        if Path(args.out).suffix not in CODE_FILES:
+            raise CodesFileError(f"--out {args.out!r}: the file type must be .safetensors, .npy or .tar")
+        writable_file(args.out)
+    else:
+        if not Path(args.codes).exists() and "{" not in args.codes:
+            raise CodesFileError(f"{args.codes} does not exist: give a file written by `tokens encode`")
+        writable_folder(args.out)
     model, folder = load_tokenizer(args.checkpoint, pick_device(args.device))
     layout = TokenLayout.from_config(model.cfg, specials=getattr(args, "specials", False))
     if args.command == "encode":
         names, pixel, semantic, failed = encode_inputs(model, args.inputs, args.batch_size, progress=True)
         for name, reason in failed:
             print(f"skipped {name}: {reason}", file=sys.stderr)
-        files = save_codes(args.out, names, pixel, semantic, layout, str(folder), args.shard_size)
+        try:
+            files = save_codes(args.out, names, pixel, semantic, layout, str(folder), args.shard_size)
+        except Exception as err:  # a full disk: one line naming the file
+            cause = os_error_of(err)
+            if cause is None:
+                raise
+            raise write_failed(args.out, cause) from None
         print(f"encoded {len(names)} images ({len(failed)} skipped) -> {', '.join(map(str, files))}: "
               f"{layout.length} tokens each, vocabulary {layout.vocab_size}")
         return 1 if failed else 0

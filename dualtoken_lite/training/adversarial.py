@@ -35,7 +35,7 @@ class Adversary:
         self.born = 0  # the step at which the live discriminator was (re)created
 
     def weight(self, step: int) -> float:
-        """The generator-side adversarial weight at ``step`` (0 before the discriminator exists)."""
+        """The weight of the tokenizer's adversarial term at ``step`` (0 before the discriminator exists)."""
         return self.schedule.gan_weight(step) if self.disc is not None else 0.0
 
     def refresh(self, step: int) -> None:

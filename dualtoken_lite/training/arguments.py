@@ -5,8 +5,7 @@ field of `TrainConfig` is a flag (`--batch_size` or `--batch-size`); model field
 ones `--model.pixel_quantizer.depth`; loss fields `--loss.<field>`. The original release's flags (docs/method.md
 §4) are accepted too, with their meanings (`RELEASE_FLAGS`). The whole config is validated before any data is read.
 
-``load_run_config`` reads a run folder's ``config.json``, including those written before ``TrainConfig.loss`` was
-a typed ``LossConfig`` (they stored only the overrides of the preset's losses).
+``load_run_config`` reads a run folder's ``config.json`` back into the ``TrainConfig`` that wrote it.
 """
 
 from __future__ import annotations
@@ -20,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from dualtoken_lite.losses import config as loss_config
-from dualtoken_lite.losses.config import LossConfig
 from dualtoken_lite.model import config as model_config
-from dualtoken_lite.model.config import ModelConfig
-from dualtoken_lite.presets import preset as named_preset
+from dualtoken_lite.model.release_config import RELEASE_MODELS
 from dualtoken_lite.quantizers import residual
-from dualtoken_lite.settings import ConfigError, from_dict
+from dualtoken_lite.settings import ConfigError, from_dict, missing_fields
 from dualtoken_lite.training import config as train_config
 from dualtoken_lite.training.config import TrainConfig, validate_train
+from dualtoken_lite.training.presets import preset as named_preset
 
 # The original release's command-line flags (docs/method.md §4) -> our field names.
 RELEASE_FLAGS: dict[str, str] = {
@@ -59,8 +57,6 @@ RELEASE_FLAGS: dict[str, str] = {
     "--report-to": "tensorboard",  # translated by RELEASE_VALUES
     "--imagenet-val": "imagenet_val",  # refused by RELEASE_VALUES: evaluate after training
 }
-# Release model-config names (docs/method.md §4 `--model`, with or without their "_32d" suffix) -> our presets.
-RELEASE_MODELS = {"model_config_siglip_384_rvq8": "so400m-384", "model_config_siglip_256_rvq4": "so400m-256"}
 KEEP = "<keep the preset's value>"
 # Release flag values -> ours; None or a value not listed = refused (the message names our equivalent).
 RELEASE_VALUES: dict[str, dict[str, str | None]] = {
@@ -77,7 +73,7 @@ REFUSALS = {
     "--report-to": "metrics go to RUN/metrics.jsonl, and to TensorBoard with --report-to tensorboard "
                    "(= --tensorboard true); there is no wandb logger",
     "--imagenet-val": "zero-shot is not run during training; evaluate the trained model afterwards: "
-                      "python -m dualtoken_lite.evaluate RUN --data IMAGENET_VAL --zero-shot",
+                      "python -m dualtoken_lite evaluate RUN --data IMAGENET_VAL --zero-shot",
 }
 
 
@@ -148,10 +144,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, set[
     if known.help:
         print(field_help())
         raise SystemExit(0)
-    release_model = re.sub(r"_\d+d$", "", known.model) if known.model else None
-    preset = known.preset or RELEASE_MODELS.get(release_model or "", known.model) or "tiny"
+    preset = known.preset or RELEASE_MODELS.get(known.model or "", known.model) or "tiny"
     cfg = named_preset(preset)
-    pairs = _pairs(rest)
+    pairs = flag_pairs(rest)
     save_every_epochs = None
     given = {"preset"} if known.preset or known.model else set()
     for flag, value in pairs:
@@ -200,7 +195,7 @@ def field_help() -> str:
     return head + "\n".join(walk(named_preset("tiny"), ""))
 
 
-def _pairs(rest: list[str]) -> list[tuple[str, str]]:
+def flag_pairs(rest: list[str]) -> list[tuple[str, str]]:
     """['--a=1', '--b', '2', '--flag'] -> [('--a','1'), ('--b','2'), ('--flag','true')]."""
     out, i = [], 0
     while i < len(rest):
@@ -220,22 +215,13 @@ def _pairs(rest: list[str]) -> list[tuple[str, str]]:
 
 
 def load_run_config(path: str | Path) -> TrainConfig:
-    """The ``TrainConfig`` saved in a run folder's ``config.json`` (``path`` = the file or its run folder).
-
-    Files written before the loss settings were typed hold ``"loss": {overrides}``: those overrides are applied
-    to the run's preset, which is exactly the loss configuration that run trained with.
-    """
+    """The ``TrainConfig`` saved in a run folder's ``config.json`` (``path`` = the file or its run folder): every
+    field, checked by type; a file that lacks some (written by another version, or edited) is refused naming them."""
     path = Path(path)
     path = path / "config.json" if path.is_dir() else path
     data = json.loads(path.read_text())
-    loss = data.pop("loss", {}) or {}
-    model = data.pop("model", None)
-    cfg = named_preset(data.get("preset", "tiny"))
-    for key, value in data.items():
-        if key not in {f.name for f in dataclasses.fields(TrainConfig)}:
-            raise ConfigError(f"{path}: TrainConfig has no field {key!r}")
-        setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
-    if model is not None:
-        cfg.model = from_dict(ModelConfig, model)
-    cfg.loss = from_dict(LossConfig, {**dataclasses.asdict(cfg.loss), **loss})
-    return validate_train(cfg)
+    missing = missing_fields(TrainConfig, data)
+    if missing:
+        raise ConfigError(f"{path} lacks the field(s) {missing}: it was not written by this version of "
+                          "dualtoken_lite's trainer; start a new run (--out) instead of resuming it")
+    return validate_train(from_dict(TrainConfig, data, str(path)))

@@ -6,9 +6,12 @@ Layout of a run folder's checkpoints:
                  training_state.pt  everything else a resume needs (below), loaded with weights_only=True
     checkpoints/latest             one line: the name of the newest complete step folder
 
-A checkpoint is first written to a hidden temporary folder and then renamed into place (an atomic operation on
-POSIX file systems), and `latest` is replaced the same way, so a process killed at any moment leaves either the
-previous checkpoint or the new one, never half of one.
+A checkpoint is first written to a hidden temporary folder (``.step_00000500.tmp-HOST-PID``) and then renamed into
+place (an atomic operation on POSIX file systems), and `latest` is replaced the same way, so a process killed at any
+moment leaves either the previous checkpoint or the new one, never half of one. A write that fails (a full disk)
+removes its temporary folder and raises ``settings.WriteFailed`` naming the path and the space it needs; the previous
+checkpoints stay. Temporaries left by a killed process are removed later, by the next save on the same host
+(``settings.remove_left_behind``: only this process's own and those of processes no longer running).
 
 training_state.pt holds: format version, step, the data position, both optimizers and schedulers, the
 discriminator, RNG states (python, numpy, torch, CUDA), all as tensors and plain Python types.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,14 @@ import numpy as np
 import torch
 
 from dualtoken_lite.model.pretrained import WEIGHTS_NAME, CheckpointError, check_state_dict, read_weights
-from dualtoken_lite.settings import MissingFile
+from dualtoken_lite.settings import (
+    MissingFile,
+    atomic_write_text,
+    os_error_of,
+    remove_left_behind,
+    temporary_sibling,
+    write_failed,
+)
 
 STATE_FORMAT_VERSION = 1
 STATE_FILE = "training_state.pt"
@@ -42,7 +53,7 @@ def step_dir_name(step: int) -> str:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Every random generator a training step touches, as weights_only-loadable values."""
+    """Every RNG a training step touches, as weights_only-loadable values."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -73,12 +84,46 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def payload_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a (nested) dict / list / tuple: about what writing it takes on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(payload_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(payload_bytes(v) for v in obj)
+    return 0
+
+
+def write_folder(final: str | Path, write: Callable[[Path], Any], needed: int | None = None,
+                 before_commit: Callable[[], None] | None = None) -> Path:
+    """Write a folder atomically: ``write(tmp)`` fills a temporary sibling, which is flushed and renamed onto
+    ``final`` (replacing a folder of that name). When anything fails, the temporary is removed and ``final`` is as it
+    was; a failure of the operating system (a full disk) becomes ``WriteFailed`` naming ``final``, the error and the
+    ``needed`` bytes. ``before_commit`` is called when every file is written but not yet renamed (a test hook)."""
+    final = Path(final)
+    tmp = temporary_sibling(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        _fsync_tree(tmp)
+        if before_commit is not None:
+            before_commit()
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = os_error_of(err) if isinstance(err, Exception) else None
+        if cause is None:
+            raise
+        raise write_failed(final, cause, needed) from None
+    if final.exists():  # the same step saved again (e.g. after a resume): move the old one aside, then replace it
+        old = temporary_sibling(final.with_name(final.name + "-old"))
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    return final
 
 
 def save_checkpoint(
@@ -86,32 +131,30 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically and prune all but the ``keep`` newest.
 
-    ``model`` must offer ``save_pretrained(folder)``; ``state`` holds the rest (see the module docstring).
-    ``before_commit`` is called when every file is written but not yet renamed into place (a test hook).
+    ``model`` must offer ``save_pretrained(folder)`` and ``state_dict()``; ``state`` holds the rest (see the module
+    docstring). ``before_commit`` is called when every file is written but not yet renamed into place (a test hook).
+    A failed write raises ``WriteFailed`` and leaves the checkpoints as they were.
     """
     if keep < 1:
         raise ValueError(f"keep={keep}: at least one checkpoint must be kept")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_pretrained(tmp)
-    torch.save({"format_version": STATE_FORMAT_VERSION, "step": step, **state}, tmp / STATE_FILE)
-    _fsync_tree(tmp)
-    if before_commit is not None:
-        before_commit()
-    if final.exists():  # the same step saved again (e.g. after a resume): replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    atomic_write_text(root / LATEST_FILE, final.name + "\n")
+    full_state = {"format_version": STATE_FORMAT_VERSION, "step": step, **state}
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        with open(tmp / STATE_FILE, "wb") as f:  # a file object: a full disk's OSError stays visible
+            torch.save(full_state, f)
+
+    needed = payload_bytes(model.state_dict()) + payload_bytes(full_state)
+    final = write_folder(root / step_dir_name(step), write, needed, before_commit)
+    try:
+        atomic_write_text(root / LATEST_FILE, final.name + "\n")
+    except OSError as err:  # `latest` still names the previous checkpoint, which resume then takes
+        raise write_failed(root / LATEST_FILE, err) from None
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # leftovers of a process killed mid-write
-        if stale != tmp:
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_left_behind(root)  # temporaries of a process killed mid-write (this host's, and only dead processes')
     return final
 
 

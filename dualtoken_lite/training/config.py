@@ -1,7 +1,7 @@
 """One training run's settings: the ``TrainConfig`` dataclass and its validation (docs/method.md §4).
 
 A ``TrainConfig`` holds everything a run needs: its own settings, the tokenizer (``model``, a ``ModelConfig``) and
-the objective (``loss``, a ``LossConfig``). Named presets live in ``dualtoken_lite.presets``; the command line
+the objective (``loss``, a ``LossConfig``). Named presets live in ``dualtoken_lite.training.presets``; the command line
 (``training.arguments``) starts from one and applies overrides; ``validate_train`` checks the whole before any data
 is read.
 """
@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 from dualtoken_lite.losses.config import LossConfig, validate_loss_config
 from dualtoken_lite.model.config import RANDOM_WEIGHTS, ModelConfig, validate
-from dualtoken_lite.settings import ConfigError, require_finite
+from dualtoken_lite.settings import ConfigError, require_at_least, require_finite, require_fraction
 
 
 @dataclass
 class TrainConfig:
     """One training run (docs/method.md §4 for the paper's values)."""
 
-    preset: str = "tiny"  # the preset (dualtoken_lite.presets) this run started from
+    preset: str = "tiny"  # the preset (dualtoken_lite.training.presets) this run started from
     out: str = "runs/tiny"  # run folder: config.json, metrics.jsonl, checkpoints/, images/, summary.json
     train_data: str = "tinyworld"  # "tinyworld" (the bundled set, made on first use), shard pattern(s) or a folder
     eval_data: str | None = "tinyworld-eval"  # held-out set for PSNR / accuracy; None = no evaluation
@@ -37,7 +37,8 @@ class TrainConfig:
     warmup_steps: int = 50  # linear warmup before the cosine decay (paper: 10,000)
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     stage: int = 1  # 0, 1 or 2 (docs/method.md §3): what is frozen and which losses are on
-    gan_start_epoch: int | None = None  # 0-based epoch in whose second half the discriminator starts; None = no GAN
+    gan_start_epoch: int | None = None  # 0-based epoch in whose second half the discriminator starts (at its start
+    #                                     when init_from is set, as the release's --load_from); None = no GAN
     gan_start_step: int | None = None  # the same in steps (wins over gan_start_epoch when both are set)
     restart_gan: int | None = None  # re-create the discriminator and its optimizer every N epochs after the start
     teacher: str = "shipped"  # distillation teacher: "shipped" (tiny world's, also the starting tower), "backbone"
@@ -80,8 +81,9 @@ class TrainConfig:
 def check_starting_weights(cfg: TrainConfig) -> None:
     """Refuse a paper-scale run whose tower (and so its distillation teacher) would start random without being asked.
 
-    A random SigLIP tower distilled towards a random copy of itself trains for days and teaches nothing; the release
-    did that silently when its weights were missing. ``--model.backbone.pretrained random`` asks for it on purpose.
+    A random SigLIP tower distilled towards a random copy of itself trains for days and teaches nothing (the release
+    cannot start so: it loads its tower with ``SiglipModel.from_pretrained``, which fails without the weights).
+    ``--model.backbone.pretrained random`` asks for it on purpose.
     """
     backbone = cfg.model.backbone
     if backbone.arch == "tiny" or backbone.pretrained is not None:
@@ -113,14 +115,10 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"lr={cfg.lr} must be > 0")
     if cfg.adam_eps <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError(f"adam_eps={cfg.adam_eps} must be > 0 and min_lr_ratio={cfg.min_lr_ratio} in [0, 1]")
-    for name in ("image_every", "eval_every", "workers", "seed"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 0 (0 = never / none)")
+    require_at_least(cfg, ("image_every", "eval_every", "workers", "seed"), 0, note="0 = never / none")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads={cfg.threads} must be >= 1 (or leave it unset for torch's default)")
-    for name in ("beta1", "beta2"):
-        if not 0 <= getattr(cfg, name) < 1:
-            raise ConfigError(f"{name}={getattr(cfg, name)} must lie in [0, 1)")
+    require_fraction(cfg, ("beta1", "beta2"))
     if cfg.grad_clip_norm is not None and not cfg.grad_clip_norm > 0:
         raise ConfigError(f"grad_clip_norm={cfg.grad_clip_norm} must be > 0 (or None: no clipping)")
     check_starting_weights(cfg)

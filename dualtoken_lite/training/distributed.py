@@ -88,6 +88,15 @@ def all_ok(ok: bool) -> bool:
     return bool(flag.item())
 
 
+def all_max(value: float) -> float:
+    """The largest ``value`` over all ranks (a collective: call it on every rank)."""
+    if not dist.is_initialized():
+        return value
+    box = torch.tensor(float(value), device=_collective_device())
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return float(box.item())
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s ``obj`` on every rank (decisions such as resume or refuse are made once, on rank 0)."""
     if not dist.is_initialized():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
+
+from dualtoken_lite.datasets.images import make_grid_image
 
 
 def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -81,24 +82,4 @@ def truncate_metrics(run_dir: str | Path, after_step: int) -> None:
 def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, max_images: int = 8) -> Image.Image:
     """Two rows: originals above, reconstructions below. Inputs (B, 3, h, w) in [-1, 1]."""
     n = min(max_images, originals.shape[0])
-    pair = torch.cat([originals[:n], reconstructions[:n]]).detach().float().cpu()
-    grid = make_grid((pair.clamp(-1, 1) + 1) / 2, nrow=n, padding=2, pad_value=1.0)  # (3, H, W) in [0, 1]
-    array = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    return Image.fromarray(array)
-
-
-def save_grid(image: Image.Image, path: str | Path, upscale: int = 1) -> Path:
-    """Write a grid as PNG (nearest-neighbour upscaled so 64 px images stay readable)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if upscale > 1:
-        image = image.resize((image.width * upscale, image.height * upscale), Image.NEAREST)
-    image.save(path)
-    return path
-
-
-def write_summary(run_dir: str | Path, summary: dict) -> Path:
-    """summary.json of a run: the final evaluation and how the run was made."""
-    path = Path(run_dir) / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
+    return make_grid_image(torch.cat([originals[:n], reconstructions[:n]]), nrow=n)

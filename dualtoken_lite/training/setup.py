@@ -3,8 +3,8 @@
     tr = build_trainer(cfg, world)
 
 The order matters for exact resumes and reproducibility: seeds first, then the data loader, the model (whose
-random initialisation draws from the seeded generator), the teacher, the optimizer, and last the saved state
-of a resumed run (which restores every random generator as it was when the checkpoint was written).
+random initialisation draws from the seeded RNG), the teacher, the optimizer, and last the saved state
+of a resumed run (which restores every RNG as it was when the checkpoint was written).
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from dualtoken_lite.datasets.loader import DataError, build_loader
 from dualtoken_lite.losses.gan import GanSchedule
 from dualtoken_lite.losses.perceptual import build_perceptual
 from dualtoken_lite.losses.stages import apply_stage, get_stage, stage_train_mode
+from dualtoken_lite.model.config import ModelConfig
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.group_norm import set_fast_group_norm
 from dualtoken_lite.model.hf_siglip import is_hf_spec, load_hf_trunk
 from dualtoken_lite.model.onednn_linear import use_onednn_linear
 from dualtoken_lite.model.pretrained import check_state_dict
-from dualtoken_lite.model.release import model_from_release, read_release_checkpoint
+from dualtoken_lite.model.release import model_from_release
+from dualtoken_lite.model.release_files import read_release_checkpoint
 from dualtoken_lite.tinyworld.shards import resolve_data
 from dualtoken_lite.tinyworld.teacher import load_teacher
 from dualtoken_lite.training import distributed as dist_utils
@@ -53,7 +55,7 @@ def build_teacher(spec: str, model: DualToken | None, tower_init: str = "teacher
     (unless ``tower_init="scratch"``, which keeps the tower's random init);
     "backbone": a frozen copy of the tower as built (the pretrained SigLIP at paper scale);
     "hf:<repo id>" or a transformers SigLIP / SigLIP2 folder: that tower, frozen (model/hf_siglip.py);
-    a folder: a teacher saved by ``python -m dualtoken_lite.teacher --out FOLDER``.
+    a folder: a teacher saved by ``python -m dualtoken_lite teacher --out FOLDER``.
     """
     if is_hf_spec(spec):
         image_size = model.cfg.backbone.image_size if model is not None else None
@@ -68,10 +70,11 @@ def build_teacher(spec: str, model: DualToken | None, tower_init: str = "teacher
     raise ValueError(f"teacher={spec!r}: use 'shipped' (tiny world), 'backbone' or a teacher folder")
 
 
-def load_start(spec: str, preset: str) -> DualToken:
-    """The weights a new run starts from: a model folder (ours), or a release checkpoint file (converted here)."""
+def load_start(spec: str, model_cfg: ModelConfig) -> DualToken:
+    """The weights a new run starts from: a model folder (ours), or a release checkpoint file converted into the
+    run's model, which must have the release's architecture (model/release_config.py)."""
     if Path(spec).is_file():  # the release's --load_from takes its own checkpoint files
-        model, _, notes = model_from_release(read_release_checkpoint(spec), preset)
+        model, _, notes = model_from_release(read_release_checkpoint(spec), model_cfg=model_cfg)
         for note in notes:
             print(f"note ({spec}): {note}")
         return model
@@ -108,7 +111,7 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     model = DualToken(cfg.model).to(world.device)
     teacher, head = build_teacher(cfg.teacher, model, cfg.tower_init)
     if cfg.init_from:
-        start = load_start(cfg.init_from, cfg.preset)
+        start = load_start(cfg.init_from, cfg.model)
         check_state_dict(model.state_dict(), start.state_dict(), cfg.init_from)
         model.load_state_dict(start.state_dict(), strict=True)
     teacher, head = teacher.to(world.device), head.to(world.device) if head is not None else None
@@ -121,8 +124,10 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     adversary = None
     gan_asked = cfg.gan_start_epoch is not None or cfg.gan_start_step is not None
     if gan_asked and "gan" in get_stage(cfg.stage).terms:
+        # a run started from trained weights (--load_from) turns the GAN on at the start of its epoch, as the
+        # release does; a fresh run waits for that epoch's second half (docs/method.md §3)
         schedule = GanSchedule.build(cfg.loss, steps_per_epoch, cfg.gan_start_epoch, cfg.restart_gan,
-                                     start_step=cfg.gan_start_step)
+                                     start_step=cfg.gan_start_step, start_at_epoch_begin=cfg.init_from is not None)
         adversary = Adversary(cfg.loss, schedule, steps_per_epoch, total, world.device, world.distributed)
     perceptual = build_perceptual(cfg.loss) if "perceptual" in get_stage(cfg.stage).terms else None
     perceptual = perceptual.to(world.device) if perceptual is not None else None

@@ -1,7 +1,7 @@
 """What a training run holds between steps, and each kind of step it takes (docs/method.md §4).
 
     tr = build_trainer(cfg, world)          # training.setup: model, teacher, data, optimizers, GAN
-    terms, out = tr.generator_micro_step(model, batch, scale=1 / grad_accum)   # forward, every loss, backward
+    terms, out = tr.tokenizer_micro_step(model, batch, scale=1 / grad_accum)   # forward, every loss, backward
     tr.optimizer_step()                     # AdamW + learning-rate schedule
     tr.model.update_codebooks()             # one EMA update per optimizer step (all-reduced across ranks)
     tr.adversary.train_step(tr.take_pending(), step)   # one discriminator update when the GAN is on
@@ -22,7 +22,7 @@ from dualtoken_lite.datasets.loader import DataError, build_loader
 from dualtoken_lite.evaluation.loop import evaluate_codes
 from dualtoken_lite.evaluation.metrics import psnr
 from dualtoken_lite.losses.stages import get_stage, stage_train_mode
-from dualtoken_lite.losses.terms import generator_loss, targets_from_teacher, term_status
+from dualtoken_lite.losses.terms import targets_from_teacher, term_status, tokenizer_loss
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.tinyworld.shards import resolve_data
 from dualtoken_lite.training import distributed as dist_utils
@@ -86,15 +86,15 @@ class Trainer:
         mine = float(self.skipped_before + self.loader.skips.total)
         return int(dist_utils.all_reduce_sum(torch.tensor(mine)).item())
 
-    # ------------------------------------------------------------------------------------ generator
+    # ------------------------------------------------------------------------------------ tokenizer
     def gan_weight(self, step: int) -> float:
-        """The generator-side adversarial weight at ``step`` (0 when the GAN is off)."""
+        """The weight of the tokenizer's adversarial term at ``step`` (0 when the GAN is off)."""
         return self.adversary.weight(step) if self.adversary is not None else 0.0
 
     def gan_on(self, step: int) -> bool:
         return self.gan_weight(step) > 0 and "gan" in get_stage(self.cfg.stage).terms
 
-    def generator_micro_step(self, model: nn.Module, batch: dict, scale: float):
+    def tokenizer_micro_step(self, model: nn.Module, batch: dict, scale: float):
         """Forward one micro-batch, compute every loss term, backpropagate ``scale * total``."""
         x = batch["image"].to(self.world.device, non_blocking=True)  # (B, 3, h, w) in [-1, 1]
         gan_on = self.gan_on(self.step)
@@ -103,7 +103,7 @@ class Trainer:
             targets = None
             if self.model.cfg.semantic_layer is not None and self.cfg.loss.sem_weight > 0:
                 targets = targets_from_teacher(self.teacher, x, self.model.cfg.semantic_layer)
-            total, terms = generator_loss(
+            total, terms = tokenizer_loss(
                 out, x, self.cfg.loss, teacher=targets, perceptual=self.perceptual,
                 discriminator=self.adversary.disc if gan_on else None,
                 last_layer=self.model.decoder.conv_out.weight, stage=self.cfg.stage,
@@ -187,9 +187,9 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Put back optimizers, discriminator, data position and, last, every random generator."""
+        """Put back optimizers, discriminator, data position and, last, every RNG."""
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.skipped_before = state.get("skipped_before", 0)  # absent in checkpoints of older versions
+        self.skipped_before = state["skipped_before"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.adversary is not None:

@@ -1,4 +1,4 @@
-"""A tiny unified model that understands and generates from DualToken tokens (issue 12; the paper's §3.3-§4).
+"""A tiny unified model that understands and generates from DualToken tokens (the paper's sections 3.3-4).
 
 The paper's claim: a language model that reads and writes BOTH token types understands better (pixel tokens add
 fine detail) and generates better (semantic tokens keep structure) than with one type. At tiny-world scale:
@@ -10,10 +10,10 @@ fine detail) and generates better (semantic tokens keep structure) than with one
     reader.py               understanding: image tokens + question tokens -> answers (variants semantic/pixel/both)
     ar_generator.py         generation: class -> spatial transformer over positions + depth transformer over codes
     judge.py                generated pixels judged by the teacher: class accuracy, Frechet distance, ceiling
-    prompts.py              class name -> samples -> decoded PNGs (`python -m dualtoken_lite.generate`)
+    prompts.py              class name -> samples -> decoded PNGs (`python -m dualtoken_lite generate`)
     fit.py                  the shared training loop (checkpoints, resume, metrics) from training/'s parts
-    reader_training.py      `python -m dualtoken_lite.train_reader`
-    generator_training.py   `python -m dualtoken_lite.train_generator`
+    reader_training.py      `python -m dualtoken_lite train_reader`
+    generator_training.py   `python -m dualtoken_lite train_generator`
     weights.py              model folders: config.json + model.safetensors, strict loading
-    results.py              `python -m dualtoken_lite.unified_results`: ship the models, write results.json
+    results.py              `python -m dualtoken_lite unified_results`: ship the models, write results.json
 """

@@ -15,9 +15,9 @@ the partial sum). Variant "pixel" models the pixel codes alone; "both" also the 
 next positions' sums, the paper's way of fusing the two token types per position. Only pixel codes are decoded.
 
 The spatial transformer's attention carries a 2-D rotary embedding (``rotary``, unified/rotary.py): a query
-scores each earlier position by its grid offset, so "the cell above" means the same at every position. At the
-same 2,400 steps it lowered the held-out loss from 0.924 to 0.889 nats per code and raised the teacher's accuracy
-on the samples from 51.5 to 60.8 % (docs/unified_model.md).
+scores each earlier position by its grid offset, so "the cell above" means the same at every position, which
+a raster-order model otherwise has to learn separately for every row (docs/unified_model.md has its measured
+effect on the held-out loss).
 
 Each slot's logits cover exactly its own codebook, so sampling can only emit ids valid for that position and
 depth. The class token is dropped to a learned "no class" token with probability ``class_dropout`` while
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dualtoken_lite.model.token_layout import TokenLayout
-from dualtoken_lite.settings import ConfigError
-from dualtoken_lite.tinyworld.generator import CLASSES
+from dualtoken_lite.settings import ConfigError, require_at_least, require_fraction
+from dualtoken_lite.tinyworld.drawing import CLASSES
 from dualtoken_lite.unified.blocks import Transformer
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_sizes, variant_slots
 from dualtoken_lite.unified.rotary import generator_angles
@@ -49,37 +49,30 @@ class GeneratorConfig:
     variant: str = "both"  # the codes of each position it models: "pixel" or "both" (pixel + semantic)
     width: int = 128  # C, width of both transformers
     spatial_layers: int = 4  # blocks of the spatial transformer
-    depth_layers: int = 2  # blocks of the depth transformer
+    depth_layers: int = 1  # blocks of the depth transformer
     heads: int = 4  # attention heads (width must be a multiple)
     code_dim: int = 32  # width of each slot's code table (the tokenizer's code dim, to start from its codebooks)
     num_classes: int = len(CLASSES)  # prompts: the tiny world's shape classes
     class_dropout: float = 0.1  # P(class -> "no class") while training (classifier-free guidance)
     pixel_depths: int = 1  # pixel depths modelled, 1..pixel_depths (coarse to fine; the decoder reads their sum)
     semantic_depths: int = 1  # semantic depths modelled with variant "both", 1..semantic_depths
-    depth_positions: int = 32  # grid positions per image whose stacks train the depth transformer each step
-    #                            (a random subset, see subsample_positions; N = all of them, the exact loss, which
-    #                            the trainer uses with depth_layers 1: docs/unified_model.md)
+    depth_positions: int = 64  # grid positions per image whose stacks train the depth transformer each step: all
+    #                            of them (the exact loss), or a random subset of that size (subsample_positions)
     dropout: float = 0.0  # dropout in attention and MLP while training
     class_everywhere: bool = True  # also add the class embedding to every position's input (condition_inputs)
-    rotary: bool = False  # 2-D rotary embedding in the spatial transformer's attention (unified/rotary.py); the
-    #                      trainer turns it on. False here so that a model folder saved before the field existed
-    #                      (no "rotary" in its config.json) loads as the model it was
+    rotary: bool = True  # 2-D rotary embedding in the spatial transformer's attention (unified/rotary.py)
 
     def validate(self) -> GeneratorConfig:
         """Raise ConfigError naming a bad field; return self."""
         if self.variant not in GENERATOR_VARIANTS:
             raise ConfigError(f"model.variant={self.variant!r}: choose one of {GENERATOR_VARIANTS}")
-        for name in ("width", "spatial_layers", "depth_layers", "heads", "code_dim", "num_classes", "depth_positions",
-                     "pixel_depths", "semantic_depths"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        require_at_least(self, ("width", "spatial_layers", "depth_layers", "heads", "code_dim", "num_classes",
+                                "depth_positions", "pixel_depths", "semantic_depths"), 1, where="model.")
         if self.width % self.heads:
             raise ConfigError(f"model.width={self.width} must be a multiple of model.heads={self.heads}")
         if self.rotary and (self.width // self.heads) % 4:
             raise ConfigError(f"model.rotary needs model.width / model.heads ({self.width // self.heads}) divisible by 4")
-        for name in ("class_dropout", "dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be in [0, 1)")
+        require_fraction(self, ("class_dropout", "dropout"), where="model.")
         return self
 
 
@@ -97,7 +90,7 @@ def modelled_slots(layout: TokenLayout, cfg: GeneratorConfig) -> list[int]:
     return variant_slots(layout, "pixel")[: cfg.pixel_depths] + (semantic if cfg.variant == "both" else [])
 
 
-def sample_logits(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+def sample_logits(logits: Tensor, temperature: float, top_k: int | None, rng: torch.Generator | None
                   ) -> Tensor:
     """Temperature + top-k sampling: logits (B, K) -> one index per row (B,); temperature 0 = argmax."""
     if temperature == 0:
@@ -106,10 +99,10 @@ def sample_logits(logits: Tensor, temperature: float, top_k: int | None, generat
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    return torch.multinomial(logits.softmax(-1), 1, generator=rng)[:, 0]
 
 
-def subsample_positions(h: Tensor, codes: Tensor, keep: int, generator: torch.Generator | None
+def subsample_positions(h: Tensor, codes: Tensor, keep: int, rng: torch.Generator | None
                         ) -> tuple[Tensor, Tensor]:
     """Position subsampling for the depth transformer: the same random ``keep`` of the N positions of each image.
 
@@ -121,7 +114,7 @@ def subsample_positions(h: Tensor, codes: Tensor, keep: int, generator: torch.Ge
     B, N = codes.shape[:2]
     if keep >= N:
         return h, codes
-    pick = torch.rand(B, N, generator=generator).argsort(1)[:, :keep]  # (B, keep) distinct positions per image
+    pick = torch.rand(B, N, generator=rng).argsort(1)[:, :keep]  # (B, keep) distinct positions per image
     return h.gather(1, pick[..., None].expand(-1, -1, h.shape[-1])), codes.gather(1, pick[..., None].expand(
         -1, -1, codes.shape[-1]))
 
@@ -196,17 +189,17 @@ class ARGenerator(nn.Module):
                 for j in range(out.shape[1])]
 
     # ------------------------------------------------------------------------------------- training
-    def loss(self, stacks: Tensor, classes: Tensor, generator: torch.Generator | None = None
+    def loss(self, stacks: Tensor, classes: Tensor, rng: torch.Generator | None = None
              ) -> tuple[Tensor, dict]:
         """Next-code cross-entropy over every modelled slot of every position; stacks (B, N, S_all), classes (B,)."""
         B, N = stacks.shape[:2]
         if self.training and self.cfg.class_dropout > 0:
-            drop = torch.rand(B, generator=generator) < self.cfg.class_dropout
+            drop = torch.rand(B, generator=rng) < self.cfg.class_dropout
             classes = torch.where(drop, torch.full_like(classes, self.cfg.num_classes), classes)
         h = self.forward_spatial(stacks[:, :-1], classes)  # (B, N, C): h_n sees positions < n
         codes = self.embed.local_codes(stacks)  # (B, N, S) codes within each slot's codebook
         if self.training:
-            h, codes = subsample_positions(h, codes, self.cfg.depth_positions, generator)  # (B, n', C), (B, n', S)
+            h, codes = subsample_positions(h, codes, self.cfg.depth_positions, rng)  # (B, n', C), (B, n', S)
         out = self.forward_depth(h.flatten(0, 1), codes.flatten(0, 1)[:, :-1])  # (B N, S, C)
         pix = self.pixel_head(out[:, : self.num_pixel])  # (B N, D_pix, K_pix)
         losses = {"pixel": F.cross_entropy(pix.flatten(0, 1), codes.flatten(0, 1)[:, : self.num_pixel].flatten())}
@@ -221,11 +214,11 @@ class ARGenerator(nn.Module):
     # ------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(self, classes: Tensor, temperature: float = 1.0, top_k: int | None = None, guidance: float = 1.0,
-               generator: torch.Generator | None = None) -> Tensor:
+               rng: torch.Generator | None = None) -> Tensor:
         """classes (B,) -> stacks (B, N, S) of layout ids of the modelled slots, position by position, code by code.
 
         Both transformers decode with key/value caches (blocks.Transformer.step). Deterministic for a seeded
-        ``generator``. Each code is drawn from its own slot's codebook only.
+        ``rng``. Each code is drawn from its own slot's codebook only.
         """
         B, N, S = classes.shape[0], self.layout.grid**2, len(self.slots)
         guided = guidance != 1.0
@@ -243,7 +236,7 @@ class ARGenerator(nn.Module):
                 logits = self.slot_logits(self.depth.step(d_in, depth_cache), j)[0]  # (M, K_j)
                 if guided:
                     logits = guide(logits[:B], logits[B:], guidance)
-                code = sample_logits(logits, temperature, top_k, generator)  # (B,)
+                code = sample_logits(logits, temperature, top_k, rng)  # (B,)
                 out[:, n, j] = code + self.embed.offset[j]
                 codes.append(code.repeat(2) if guided else code)
                 if j + 1 < S:

@@ -1,4 +1,4 @@
-"""Reading a grid position's stack of codes as ONE vector: the sum of its code embeddings (DualToken §3.3).
+"""Reading a grid position's stack of codes as ONE vector: the sum of its code embeddings (the DualToken paper, section 3.3).
 
 The paper's unified model does not make the sequence longer to hold two token types: at each grid position it
 embeds that position's pixel codes and semantic codes and adds them up, so the language model sees H x W image

@@ -1,7 +1,7 @@
-"""Train and measure one generator: `python -m dualtoken_lite.train_generator --model.variant both`.
+"""Train and measure one generator: `python -m dualtoken_lite train_generator --model.variant both`.
 
-    python -m dualtoken_lite.train_generator --model.variant pixel --out runs/unified/generator-pixel-s0
-    python -m dualtoken_lite.train_generator --model.variant both  --out runs/unified/generator-both-s0
+    python -m dualtoken_lite train_generator --model.variant pixel --out runs/unified/generator-pixel-s0
+    python -m dualtoken_lite train_generator --model.variant both  --out runs/unified/generator-both-s0
     ... --loop.seed 1 --out runs/unified/generator-both-s1   (the second seed)   ... --resume auto (continue a killed run)
 
 The default budget, 3,200 steps x batch 32 with bf16 autocast on both cores of a 2-core CPU (``loop.threads 2``),
@@ -28,10 +28,19 @@ from tqdm import tqdm
 
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import ConfigError, UserError
-from dualtoken_lite.tinyworld.generator import CLASSES
+from dualtoken_lite.tinyworld.drawing import CLASSES
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.training.run_folder import RunFolder
 from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
-from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, run_command, ship
+from dualtoken_lite.unified.fit import (
+    LoopConfig,
+    fit,
+    report_finished,
+    run_command,
+    ship,
+    start_torch,
+    unified_rules,
+)
 from dualtoken_lite.unified.judge import Judge, held_out_images
 from dualtoken_lite.unified.prompts import SamplingConfig, generate_images, save_sample_grid
 from dualtoken_lite.unified.token_cache import load_or_encode
@@ -50,8 +59,7 @@ class GeneratorTrainConfig:
     init_from_codebooks: bool = True  # start each slot's code table from the tokenizer's codebook vectors
     resume: str | None = None  # "auto" (continue --out if it has a checkpoint) or a run folder
     overwrite: bool = False  # replace the run already in --out
-    model: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(  # size and variant; the recipe:
-        rotary=True, depth_layers=1, depth_positions=64))  # rotary attention, the exact loss at all 64 positions
+    model: GeneratorConfig = field(default_factory=GeneratorConfig)  # size and variant
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3200, batch_size=32, lr=2e-3, threads=2,
                                                                 bf16=True))  # optimisation: both cores, bf16
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how the final measurement samples
@@ -101,27 +109,31 @@ def measure_generator(generator: ARGenerator, tokenizer, judge: Judge, count: in
     return report
 
 
-def run(cfg: GeneratorTrainConfig, command: str = "") -> dict:
-    """Train (or continue, or report) one generator; return its summary."""
-    checkpoint, finished = open_run(cfg, "generation")
-    if finished:
-        return finished
-    tokenizer = DualToken.from_pretrained(cfg.tokenizer).eval()
-    train = load_or_encode(tokenizer, cfg.tokenizer, "train", 0, cfg.train_count, cfg.cache_dir)
-    model = ARGenerator(cfg.model, train.layout)
-    if cfg.init_from_codebooks:
-        model.embed.init_from_tokenizer(tokenizer)
-    stacks, classes = train.stacks(), train.labels[:, 0]  # (N, H*W, S), (N,) the shape answer = the class id
-    start = time.time()
-    step = fit(model, cfg, lambda idx, g: model.loss(stacks[idx], classes[idx], g), len(train), checkpoint)
-    shipped, record = ship(model, cfg, "generator", (time.time() - start) / 60, command)
-    judge = Judge(held_out_images(0, cfg.reference_count)[0])
-    report = measure_generator(shipped, tokenizer, judge, cfg.eval_samples, cfg.sampling,
-                               Path(cfg.out) / "samples" / "grid.png")
-    summary = {"step": step, "variant": cfg.model.variant, "seed": cfg.loop.seed, "generation": report,
-               "reference_images": f"eval 0..{cfg.reference_count - 1}",
-               "train_images": f"train 0..{cfg.train_count - 1}", **record}
-    (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+def run(cfg: GeneratorTrainConfig, command: str = "", given: set[str] | None = None) -> dict:
+    """Train (or continue, or report) one generator; return its summary. ``given``: the fields the command line set,
+    which a resume compares with the run's saved config (None: all of them)."""
+    cfg.validate()
+    with RunFolder(cfg, unified_rules(GeneratorTrainConfig, "train_generator"), given=given) as folder:
+        if folder.plan.action == "finished":
+            return report_finished(folder, "generation")
+        cfg = folder.cfg
+        start_torch(cfg)
+        tokenizer = DualToken.from_pretrained(cfg.tokenizer).eval()
+        train = load_or_encode(tokenizer, cfg.tokenizer, "train", 0, cfg.train_count, cfg.cache_dir)
+        model = ARGenerator(cfg.model, train.layout)
+        if cfg.init_from_codebooks:
+            model.embed.init_from_tokenizer(tokenizer)
+        stacks, classes = train.stacks(), train.labels[:, 0]  # (N, H*W, S), (N,) the shape answer = the class id
+        start = time.time()
+        step = fit(model, folder, lambda idx, g: model.loss(stacks[idx], classes[idx], g), len(train))
+        shipped, record = ship(model, folder, "generator", (time.time() - start) / 60, command)
+        judge = Judge(held_out_images(0, cfg.reference_count)[0])
+        report = measure_generator(shipped, tokenizer, judge, cfg.eval_samples, cfg.sampling,
+                                   folder.path / "samples" / "grid.png")
+        summary = {"step": step, "variant": cfg.model.variant, "seed": cfg.loop.seed, "generation": report,
+                   "reference_images": f"eval 0..{cfg.reference_count - 1}",
+                   "train_images": f"train 0..{cfg.train_count - 1}", **record}
+        folder.write_summary(summary)
     print(json.dumps({k: v for k, v in report.items() if k != "per_class_accuracy"}, indent=2))
     return summary
 

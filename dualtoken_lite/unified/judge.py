@@ -1,4 +1,4 @@
-"""Judging generated images with the tiny world's teacher: class accuracy and a Frechet distance (issue 12).
+"""Judging generated images with the tiny world's teacher: class accuracy and a Frechet distance.
 
     judge = Judge(reference_images)                       # uint8 (M, 64, 64, 3) held-out images
     judge(images, labels)   # -> {"teacher_accuracy", "per_class_accuracy", "frechet", "count"}
@@ -22,21 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dualtoken_lite.datasets.images import to_uint8
 from dualtoken_lite.evaluation.external import build_fid
-from dualtoken_lite.tinyworld.generator import CLASSES, make_sample, to_tensor
+from dualtoken_lite.tinyworld.drawing import CLASSES, make_sample, to_tensor
 from dualtoken_lite.tinyworld.teacher import load_teacher
-
-
-def to_uint8(images: Tensor) -> np.ndarray:
-    """Decoded images (B, 3, h, w) in [-1, 1] -> uint8 (B, h, w, 3), as a PNG would store them."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def decode_depths(tokenizer, pixel_codes: torch.Tensor) -> torch.Tensor:
-    """Pixel codes of the first d depths (B, H, W, d) -> images (B, 3, h, w): the decoder reads their partial sum."""
-    quantizer = tokenizer.pixel_quantizer
-    q = sum(quantizer.codebook_at(k).embed[pixel_codes[..., k]] for k in range(pixel_codes.shape[-1]))  # (B, H, W, c)
-    return tokenizer.decode_quantized(q)
 
 
 def held_out_images(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +90,7 @@ def reconstruct(tokenizer, images: np.ndarray, depths: int | None = None, batch_
     out = []
     for i in range(0, len(images), batch_size):
         pixel, _ = tokenizer.encode(to_tensor(images[i : i + batch_size]))  # (b, H, W, D_pix)
-        out.append(to_uint8(decode_depths(tokenizer, pixel[..., :depths])))
+        out.append(to_uint8(tokenizer.decode(pixel, depths=depths), channels_last=True).numpy())
     return np.concatenate(out)
 
 

@@ -1,12 +1,14 @@
 """From a prompt to pictures: class name -> sampled code stacks -> the tokenizer's decoder -> PNG files.
 
-    python -m dualtoken_lite.generate data/unified/generator-both --prompt star --num 16 --out samples/
-    python -m dualtoken_lite.generate data/unified/generator-both --prompt star heart --temperature 0.9 --top-k 64
+    python -m dualtoken_lite generate data/unified/generator-both --prompt star --num 16 --out samples/
+    python -m dualtoken_lite generate data/unified/generator-both --prompt star heart --temperature 0.9 --top-k 64
 
 A prompt is one of the tiny world's shape classes (an unknown one is an error listing them). The generator's
 model folder names the tokenizer it was trained on (its fingerprint); ``--tokenizer`` is the folder to decode with
 (default: the shipped ``data/tokenizer``), and a different tokenizer is refused, since codes only mean something to
-the tokenizer that made them.
+the tokenizer that made them. Every argument is checked before anything is sampled. Each PNG is written as soon as
+its batch is drawn, so Ctrl-C or SIGTERM keeps what was drawn (``samples.json`` lists it); ``grid.png`` shows the
+first 8 images of each prompt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,12 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dualtoken_lite.datasets.images import make_grid_image, save_image, to_uint8
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence
-from dualtoken_lite.settings import ConfigError, UserError
-from dualtoken_lite.tinyworld.generator import CLASSES
+from dualtoken_lite.settings import ConfigError, UserError, atomic_path, atomic_write_text
+from dualtoken_lite.tinyworld.drawing import CLASSES
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
-from dualtoken_lite.unified.judge import decode_depths, to_uint8
 from dualtoken_lite.unified.token_cache import fingerprint
 
 
@@ -77,17 +80,26 @@ def stacks_to_pixel_codes(stacks: torch.Tensor, generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_images(generator, tokenizer, classes: torch.Tensor, sampling: SamplingConfig,
-                    progress=None) -> tuple[torch.Tensor, np.ndarray]:
-    """classes (B,) -> (stacks (B, N, S) layout ids, images uint8 (B, h, w, 3) decoded from their pixel codes)."""
+def draw(generator, tokenizer, classes: torch.Tensor, sampling: SamplingConfig
+         ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """classes (B,) -> batch after batch of ``sampling.batch_size``: (stacks (b, N, S) layout ids, images uint8
+    (b, h, w, 3) decoded from their pixel codes)."""
     sampling.validate()
     rng = torch.Generator().manual_seed(sampling.seed)
-    stacks, images = [], []
     for i in range(0, len(classes), sampling.batch_size):
         s = generator.sample(classes[i : i + sampling.batch_size], sampling.temperature, sampling.top_k,
-                             sampling.guidance, generator=rng)  # (b, N, S)
+                             sampling.guidance, rng=rng)  # (b, N, S)
+        pixel_codes = stacks_to_pixel_codes(s, generator)  # (b, H, W, d): the generator's first d pixel depths
+        yield s, to_uint8(tokenizer.decode(pixel_codes, depths=pixel_codes.shape[-1]), channels_last=True).numpy()
+
+
+def generate_images(generator, tokenizer, classes: torch.Tensor, sampling: SamplingConfig,
+                    progress=None) -> tuple[torch.Tensor, np.ndarray]:
+    """classes (B,) -> (stacks (B, N, S) layout ids, images uint8 (B, h, w, 3)), all of them at once."""
+    stacks, images = [], []
+    for s, batch in draw(generator, tokenizer, classes, sampling):
         stacks.append(s)
-        images.append(to_uint8(decode_depths(tokenizer, stacks_to_pixel_codes(s, generator))))
+        images.append(batch)
         if progress is not None:
             progress(len(s))
     return torch.cat(stacks), np.concatenate(images)
@@ -104,9 +116,11 @@ def check_tokenizer(generator, tokenizer_dir: str | os.PathLike) -> None:
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
+    from dualtoken_lite.tools.common import writable_folder
+    from dualtoken_lite.training.interrupts import Interrupted, StopSignals, signal_name
     from dualtoken_lite.unified.weights import load_model
 
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.generate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite generate", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a generator folder (data/unified/generator-both, or RUN/model)")
     parser.add_argument("--prompt", nargs="+", required=True, help=f"class name(s): {', '.join(CLASSES)}")
     parser.add_argument("--num", type=int, default=16, help="images per prompt")
@@ -119,41 +133,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
-    labels = [parse_prompt(p) for p in args.prompt]  # bad prompts fail before anything loads
-    if args.num < 1:
-        raise UserError(f"--num {args.num}: give at least 1 image per prompt")
+    labels = [parse_prompt(p) for p in args.prompt]  # every argument is checked before anything loads
+    if args.num < 1 or args.threads < 1:
+        raise UserError(f"--num {args.num} and --threads {args.threads}: give at least 1 of each")
     sampling = SamplingConfig(args.temperature, args.top_k, args.guidance, args.seed).validate()
-    torch.set_num_threads(args.threads)
+    out = writable_folder(args.out)
     if not Path(args.model).is_dir():
         raise UserError(f"{args.model} is not a folder: give a generator folder such as data/unified/generator-both")
+    if not Path(args.tokenizer, "model.safetensors").is_file():
+        raise UserError(f"--tokenizer {args.tokenizer}: no model.safetensors there; give a tokenizer folder such as "
+                        "data/tokenizer")
+    torch.set_num_threads(args.threads)
     generator = load_model(args.model, kind="generator")
     check_tokenizer(generator, args.tokenizer)
     tokenizer = DualToken.from_pretrained(args.tokenizer).eval()
     classes = torch.tensor([k for k in labels for _ in range(args.num)])
-    with tqdm(total=len(classes), desc="generate", unit="image") as bar:
-        _, images = generate_images(generator, tokenizer, classes, sampling, progress=bar.update)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i, (k, image) in enumerate(zip(classes.tolist(), images)):
-        names.append(f"{CLASSES[k]}_{i % args.num:03d}.png")
-        Image.fromarray(image).save(out / names[-1])
-    save_sample_grid(images, len(labels), out / "grid.png")
-    (out / "samples.json").write_text(json.dumps({"model": str(args.model), "prompts": args.prompt, "files": names,
-                                                  "sampling": asdict(sampling)}, indent=2) + "\n")
-    print(f"wrote {len(images)} images, grid.png and samples.json to {out}")
+    names, counts, firsts = [], dict.fromkeys(labels, 0), {k: [] for k in labels}  # firsts: 8 per prompt, for grid.png
+    try:
+        with StopSignals(), tqdm(total=len(classes), desc="generate", unit="image") as bar:
+            for _, images in draw(generator, tokenizer, classes, sampling):
+                batch_classes = classes[len(names) : len(names) + len(images)].tolist()
+                for k, image in zip(batch_classes, images):
+                    name = f"{CLASSES[k]}_{counts[k]:03d}.png"
+                    with atomic_path(out / name) as tmp:  # a stop never leaves half a PNG
+                        Image.fromarray(image).save(tmp, format="PNG")
+                    names.append(name)
+                    counts[k] += 1
+                    if len(firsts[k]) < 8:
+                        firsts[k].append(image)
+                bar.update(len(images))
+    except Interrupted as stop:
+        write_manifest(out, args, names, sampling)
+        raise Interrupted(stop.signum, f"stopped by {signal_name(stop.signum)}: {len(names)} of {len(classes)} "
+                                       f"images written to {out} (samples.json lists them)") from None
+    cols = min(8, args.num)
+    save_sample_grid(np.stack([im for k in labels for im in firsts[k][:cols]]), len(labels), out / "grid.png")
+    write_manifest(out, args, names, sampling)
+    print(f"wrote {len(names)} images, grid.png and samples.json to {out}")
     return 0
 
 
+def write_manifest(out: Path, args, names: list[str], sampling: SamplingConfig) -> None:
+    """samples.json: the model, the prompts, the files written, the sampling settings."""
+    atomic_write_text(out / "samples.json", json.dumps({"model": str(args.model), "prompts": args.prompt,
+                                                         "files": names, "sampling": asdict(sampling)}, indent=2) + "\n")
+
+
 def save_sample_grid(images: np.ndarray, rows: int, path: str | os.PathLike, upscale: int = 2) -> Path:
-    """uint8 images (rows x cols, h, w, 3), row-major -> one PNG grid with a 2 px white gap."""
-    cols = len(images) // rows
-    h, w = images.shape[1:3]
-    grid = np.full((rows * (h + 2) - 2, cols * (w + 2) - 2, 3), 255, np.uint8)
-    for i, image in enumerate(images[: rows * cols]):
-        r, c = divmod(i, cols)
-        grid[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = image
-    picture = Image.fromarray(grid)
-    picture = picture.resize((picture.width * upscale, picture.height * upscale), Image.NEAREST)
-    picture.save(path)
-    return Path(path)
+    """uint8 images (rows x cols, h, w, 3), row-major -> one PNG grid (datasets/images.make_grid_image)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, h, w)
+    return save_image(make_grid_image(x, nrow=len(images) // rows), path, upscale)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from dualtoken_lite.tinyworld.generator import BACKGROUNDS, CLASSES, FILLS, HUES
+from dualtoken_lite.tinyworld.drawing import BACKGROUNDS, CLASSES, FILLS, HUES
 
 # question -> (the description's key, its answers in order)
 QUESTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -56,11 +56,6 @@ def describe(description: dict) -> list[int]:
         labels.append(offsets[name] + answers.index(description[key]))
     return labels
 
-
-def accuracy_per_question(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """logits (B, Q, NUM_ANSWERS), labels (B, Q) answer ids -> {question: top-1 accuracy over the B images}."""
-    hits = (logits.argmax(-1) == labels).float().mean(0)  # (Q,)
-    return {name: float(hits[q]) for q, name in enumerate(QUESTION_NAMES)}
 
 
 def majority_baseline(train_labels: torch.Tensor, eval_labels: torch.Tensor) -> dict[str, float]:

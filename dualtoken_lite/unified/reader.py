@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from dualtoken_lite.model.token_layout import TokenLayout
-from dualtoken_lite.settings import ConfigError
+from dualtoken_lite.settings import ConfigError, require_at_least
 from dualtoken_lite.unified.blocks import Transformer
 from dualtoken_lite.unified.embedding import VARIANTS, CodeStackEmbedding
 from dualtoken_lite.unified.questions import NUM_ANSWERS, QUESTION_NAMES
@@ -44,9 +44,7 @@ class ReaderConfig:
         """Raise ConfigError naming a bad field; return self."""
         if self.variant not in VARIANTS:
             raise ConfigError(f"model.variant={self.variant!r}: choose one of {VARIANTS}")
-        for name in ("width", "layers", "heads", "code_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        require_at_least(self, ("width", "layers", "heads", "code_dim"), 1, where="model.")
         if self.width % self.heads:
             raise ConfigError(f"model.width={self.width} must be a multiple of model.heads={self.heads}")
         if not 0 <= self.dropout < 1:

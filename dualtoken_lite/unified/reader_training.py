@@ -1,8 +1,8 @@
-"""Train and measure one reader: `python -m dualtoken_lite.train_reader --model.variant both --loop.seed 0`.
+"""Train and measure one reader: `python -m dualtoken_lite train_reader --model.variant both --loop.seed 0`.
 
-    OMP_NUM_THREADS=1 python -m dualtoken_lite.train_reader --model.variant semantic --out runs/unified/reader-semantic-s0
-    OMP_NUM_THREADS=1 python -m dualtoken_lite.train_reader --model.variant pixel    --out runs/unified/reader-pixel-s0
-    OMP_NUM_THREADS=1 python -m dualtoken_lite.train_reader --model.variant both     --out runs/unified/reader-both-s0
+    OMP_NUM_THREADS=1 python -m dualtoken_lite train_reader --model.variant semantic --out runs/unified/reader-semantic-s0
+    OMP_NUM_THREADS=1 python -m dualtoken_lite train_reader --model.variant pixel    --out runs/unified/reader-pixel-s0
+    OMP_NUM_THREADS=1 python -m dualtoken_lite train_reader --model.variant both     --out runs/unified/reader-both-s0
     ... --loop.seed 1 --out runs/unified/reader-both-s1      (the second seed)   ... --resume auto (continue a killed run)
 
 The three readers share everything but ``model.variant``: the same training images (train split 0..N-1, encoded once
@@ -23,7 +23,16 @@ import torch
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import ConfigError, UserError
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
-from dualtoken_lite.unified.fit import LoopConfig, fit, open_run, run_command, ship
+from dualtoken_lite.training.run_folder import RunFolder
+from dualtoken_lite.unified.fit import (
+    LoopConfig,
+    fit,
+    report_finished,
+    run_command,
+    ship,
+    start_torch,
+    unified_rules,
+)
 from dualtoken_lite.unified.questions import QUESTION_NAMES, majority_baseline
 from dualtoken_lite.unified.reader import Reader, ReaderConfig
 from dualtoken_lite.unified.token_cache import TokenSet, load_or_encode
@@ -86,27 +95,31 @@ def evaluate_reader(reader: Reader, held: TokenSet, batch_size: int = 256) -> di
     return {name: float(hits[q]) for q, name in enumerate(QUESTION_NAMES)}
 
 
-def run(cfg: ReaderTrainConfig, command: str = "") -> dict:
-    """Train (or continue, or report) one reader; return its summary."""
-    checkpoint, finished = open_run(cfg, "accuracy")
-    if finished:
-        return finished
-    start = time.time()
-    tokenizer = DualToken.from_pretrained(cfg.tokenizer).eval()
-    train, held = reader_data(cfg, tokenizer)
-    model = Reader(cfg.model, train.layout)
-    if cfg.init_from_codebooks:
-        model.embed.init_from_tokenizer(tokenizer)
-    stacks, labels = train.stacks(), train.labels  # (N, H*W, S), (N, Q)
-    train_start = time.time()
-    step = fit(model, cfg, lambda idx, g: model.loss(stacks[idx], labels[idx]), len(train), checkpoint)
-    shipped, record = ship(model, cfg, "reader", (time.time() - train_start) / 60, command)
-    summary = {"step": step, "variant": cfg.model.variant, "seed": cfg.loop.seed,
-               "accuracy": evaluate_reader(shipped, held), "majority_baseline": majority_baseline(train.labels,
-                                                                                                   held.labels),
-               "train_images": f"train 0..{cfg.train_count - 1}", "eval_images": f"eval 0..{cfg.eval_count - 1}",
-               "total_minutes": round((time.time() - start) / 60, 2), **record}
-    (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+def run(cfg: ReaderTrainConfig, command: str = "", given: set[str] | None = None) -> dict:
+    """Train (or continue, or report) one reader; return its summary. ``given``: the fields the command line set,
+    which a resume compares with the run's saved config (None: all of them)."""
+    cfg.validate()
+    with RunFolder(cfg, unified_rules(ReaderTrainConfig, "train_reader"), given=given) as folder:
+        if folder.plan.action == "finished":
+            return report_finished(folder, "accuracy")
+        cfg = folder.cfg
+        start_torch(cfg)
+        start = time.time()
+        tokenizer = DualToken.from_pretrained(cfg.tokenizer).eval()
+        train, held = reader_data(cfg, tokenizer)
+        model = Reader(cfg.model, train.layout)
+        if cfg.init_from_codebooks:
+            model.embed.init_from_tokenizer(tokenizer)
+        stacks, labels = train.stacks(), train.labels  # (N, H*W, S), (N, Q)
+        train_start = time.time()
+        step = fit(model, folder, lambda idx, g: model.loss(stacks[idx], labels[idx]), len(train))
+        shipped, record = ship(model, folder, "reader", (time.time() - train_start) / 60, command)
+        summary = {"step": step, "variant": cfg.model.variant, "seed": cfg.loop.seed,
+                   "accuracy": evaluate_reader(shipped, held),
+                   "majority_baseline": majority_baseline(train.labels, held.labels),
+                   "train_images": f"train 0..{cfg.train_count - 1}", "eval_images": f"eval 0..{cfg.eval_count - 1}",
+                   "total_minutes": round((time.time() - start) / 60, 2), **record}
+        folder.write_summary(summary)
     print(json.dumps(summary["accuracy"], indent=2))
     return summary
 

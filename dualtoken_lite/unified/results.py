@@ -1,6 +1,6 @@
-"""Collect the unified runs into the shipped models and the results table: `python -m dualtoken_lite.unified_results`.
+"""Collect the unified runs into the shipped models and the results table: `python -m dualtoken_lite unified_results`.
 
-    OMP_NUM_THREADS=1 python -m dualtoken_lite.unified_results --runs runs/unified --out data/unified
+    OMP_NUM_THREADS=1 python -m dualtoken_lite unified_results --runs runs/unified --out data/unified
 
 Reads the runs that ``train_reader`` / ``train_generator`` wrote (runs/unified/reader-{variant}-s{seed},
 runs/unified/generator-{variant}-s{seed}), copies the seed-0 readers' and generators' float16 model folders to
@@ -104,7 +104,7 @@ def measure_ceiling(tokenizer: DualToken, depths: tuple[int, ...] = (), referenc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite.unified_results", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite unified_results", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default="runs/unified", help="folder of the reader-*/generator-* runs")
     parser.add_argument("--out", default=str(UNIFIED_DIR), help="where the shipped models and results.json go")
     parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR), help="the tokenizer the runs used")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     add_heldout_loss(table, Path(args.runs), tokenizer, args.tokenizer, args.cache_dir)
     depths = sorted({read_config(out / f"generator-{v}")["config"]["pixel_depths"] for v in GENERATORS})
     table["ceiling"] = measure_ceiling(tokenizer, tuple(depths))
-    table["ceiling"]["command"] = "python -m dualtoken_lite.unified_results " + " ".join(argv or [])
+    table["ceiling"]["command"] = "python -m dualtoken_lite unified_results " + " ".join(argv or [])
     table["ceiling"]["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     (out / "results.json").write_text(json.dumps(table, indent=2) + "\n")
     print(format_table(table))

@@ -29,8 +29,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dualtoken_lite.model.token_layout import TokenLayout, to_lm_sequence
-from dualtoken_lite.settings import UserError
-from dualtoken_lite.tinyworld.generator import make_sample, split_id, to_tensor
+from dualtoken_lite.settings import UserError, atomic_path
+from dualtoken_lite.tinyworld.drawing import make_sample, split_id, to_tensor
 from dualtoken_lite.unified.questions import QUESTION_NAMES, describe
 
 CACHE_VERSION = 1  # bump when what a cache file holds changes
@@ -102,9 +102,8 @@ def save_token_set(data: TokenSet, path: str | os.PathLike, tokenizer_id: str) -
     small = data.layout.vocab_size <= torch.iinfo(torch.int16).max
     tensors = {"tokens": data.tokens.to(torch.int16 if small else torch.int32),
                "labels": data.labels.to(torch.int16), "indices": data.indices.to(torch.int64)}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -20,7 +20,7 @@ import torch
 
 from dualtoken_lite.model.pretrained import CheckpointError, check_state_dict, match_dtypes, read_weights
 from dualtoken_lite.model.token_layout import TokenLayout
-from dualtoken_lite.settings import ConfigError, from_dict
+from dualtoken_lite.settings import ConfigError, from_dict, missing_fields
 from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
 from dualtoken_lite.unified.reader import Reader, ReaderConfig
 
@@ -70,6 +70,10 @@ def load_model(folder: str | Path, kind: str | None = None):
     if kind is not None and config["kind"] != kind:
         raise CheckpointError(f"{folder} holds a {config['kind']}, not a {kind}")
     model_class, config_class = KINDS[config["kind"]]
+    missing = missing_fields(config_class, config["config"], "config.")
+    if missing:
+        raise CheckpointError(f"{folder / 'config.json'} lacks the field(s) {missing}: it was not written by "
+                              "this version of dualtoken_lite")
     try:
         cfg = from_dict(config_class, config["config"], "config")
         layout = TokenLayout(**config["layout"])

@@ -7,7 +7,7 @@ stripes, or a crop of one of the CC0 / public-domain photos that scikit-image bu
 alone say little about the class (a raw-pixel linear probe does poorly) while a ViT that learns shape does
 well, which is what the teacher (``tinyworld.teacher``) needs.
 
-Determinism and splits: sample ``i`` of split ``s`` is drawn from its own generator seeded with
+Determinism and splits: sample ``i`` of split ``s`` is drawn from its own random number generator (RNG) seeded with
 ``SeedSequence([seed, split_id(s), i])``, so any sample can be remade alone, and splits never share a seed.
 The ``eval`` split also crops its backgrounds from photos that ``train`` never sees.
 
@@ -64,7 +64,7 @@ def split_id(split: str) -> int:
 
 
 def sample_rng(index: int, split: str, seed: int = 0) -> np.random.Generator:
-    """The private random generator of one sample: seeded by (seed, split, index), so splits never overlap."""
+    """The private RNG of one sample: seeded by (seed, split, index), so splits never overlap."""
     if index < 0:
         raise ValueError(f"sample index must be >= 0, got {index}")
     return np.random.default_rng(np.random.SeedSequence([seed, split_id(split), index]))
