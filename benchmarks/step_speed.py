@@ -19,7 +19,7 @@ median of ``--steps`` steps per row, one thread count after the other; the table
 the median of the per-round ratios (the machine is shared and noisy: only ratios measured side by side mean
 anything). Run from the repository root, on a quiet machine:
 
-    .venv/bin/python benchmarks/step_speed.py                 # fp32 and bf16, 1 and 2 threads, ~5 min
+    .venv/bin/python benchmarks/step_speed.py                 # fp32 and bf16, 1 and 2 threads, ~2 min
     .venv/bin/python benchmarks/step_speed.py --each          # + one row per lever
 """
 
