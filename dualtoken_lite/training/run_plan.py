@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dualtoken_lite.settings import to_dict
+from dualtoken_lite.settings import ConfigError, from_dict, missing_fields, to_dict
 from dualtoken_lite.training.checkpoints import latest_checkpoint, resume_point
 from dualtoken_lite.training.run_lock import RunFolderError
 
@@ -116,6 +116,21 @@ def plan_start(cfg: Any, rules: RunRules, given: set[str] | None = None) -> Plan
         if summary.get("step") == step_of(point) and (total is None or step_of(point) >= total):
             return Plan("finished", merged, str(point), changed, summary)
     return Plan("resume", merged, str(point), changed)
+
+
+def saved_config_loader(config_class: type) -> Callable[[Path], Any]:
+    """``RunRules.load_config`` for a trainer whose config is the dataclass ``config_class``: a run folder's
+    config.json, every field present and of its type (a file from another version is refused, naming the fields)."""
+    def load(folder: Path) -> Any:
+        path = folder / "config.json"
+        data = json.loads(path.read_text())
+        missing = missing_fields(config_class, data)
+        if missing:
+            raise ConfigError(f"{path} lacks the field(s) {missing}: it was not written by this version of "
+                              "dualtoken_lite's trainer; start a new run (--out) instead of resuming it")
+        return from_dict(config_class, data, str(path))
+
+    return load
 
 
 def merge_with_saved(cfg: Any, run_dir: Path, given: set[str] | None, rules: RunRules) -> tuple[Any, dict]:

@@ -35,8 +35,6 @@ from tqdm import tqdm
 from dualtoken_lite.model.pretrained import check_state_dict, read_weights
 from dualtoken_lite.settings import (
     ConfigError,
-    from_dict,
-    missing_fields,
     require_at_least,
     require_finite,
     to_dict,
@@ -52,6 +50,7 @@ from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
 from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
 from dualtoken_lite.training.precision import precision_context
 from dualtoken_lite.training.run_folder import NonFiniteError, RunFolder, RunRules
+from dualtoken_lite.training.run_plan import saved_config_loader
 from dualtoken_lite.unified.token_cache import fingerprint
 from dualtoken_lite.unified.weights import count_parameters, load_model, save_model
 
@@ -128,17 +127,8 @@ def flat_config(cfg) -> dict:
 
 def unified_rules(config_class: type, name: str) -> RunRules:
     """The run-folder rules of a unified trainer (``name``: its command, e.g. "train_reader")."""
-    def load_config(folder: Path):
-        path = folder / "config.json"
-        data = json.loads(path.read_text())
-        missing = missing_fields(config_class, data)
-        if missing:
-            raise ConfigError(f"{path} lacks the field(s) {missing}: it was not written by this version of "
-                              "dualtoken_lite's trainer; start a new run (--out) instead of resuming it")
-        return from_dict(config_class, data, str(path))
-
     return RunRules(command=f"python -m dualtoken_lite {name}", files=RUN_FILES, resumable=RESUMABLE,
-                    load_config=load_config, total_steps=lambda cfg: cfg.loop.steps)
+                    load_config=saved_config_loader(config_class), total_steps=lambda cfg: cfg.loop.steps)
 
 
 def report_finished(folder: RunFolder, headline: str) -> dict:
