@@ -64,7 +64,8 @@ def load_teacher(path: str | os.PathLike | None = None) -> tuple[nn.Module, nn.L
     weights, card = os.path.join(folder, WEIGHTS_FILE), os.path.join(folder, CARD_FILE)
     for file in (weights, card):
         if not os.path.exists(file):
-            raise FileNotFoundError(f"teacher file {file} is missing; remake it with `python -m dualtoken_lite teacher`")
+            raise FileNotFoundError(f"teacher file {file} is missing; train a teacher with `python -m dualtoken_lite "
+                                    "teacher --out RUN` and give RUN/model (or copy RUN/model/teacher.* there)")
     with open(card) as f:
         info = json.load(f)
     model = Teacher(from_dict(BackboneConfig, info["backbone"]), num_classes=len(info["classes"]))

@@ -55,7 +55,8 @@ def build_teacher(spec: str, model: DualToken | None, tower_init: str = "teacher
     (unless ``tower_init="scratch"``, which keeps the tower's random init);
     "backbone": a frozen copy of the tower as built (the pretrained SigLIP at paper scale);
     "hf:<repo id>" or a transformers SigLIP / SigLIP2 folder: that tower, frozen (model/hf_siglip.py);
-    a folder: a teacher saved by ``python -m dualtoken_lite teacher --out FOLDER``.
+    a teacher folder: ``RUN/model`` of ``python -m dualtoken_lite teacher --out RUN`` (``data/teacher/`` is a copy
+    of one).
     """
     if is_hf_spec(spec):
         image_size = model.cfg.backbone.image_size if model is not None else None
