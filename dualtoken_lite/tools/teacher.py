@@ -304,7 +304,8 @@ def run(cfg: TeacherConfig, given: set[str] | None = None, data: str | os.PathLi
         folder.save_model(lambda tmp: save_teacher(model, card, tmp), needed)
         card.update(measure_teacher(folder.path / "model", eval_images, eval_labels))  # on the float16 weights
         folder.save_model(lambda tmp: save_teacher(model, card, tmp), needed)
-        summary = {"step": cfg.steps, **{k: v for k, v in card.items() if k not in ("backbone", "recipe")}}
+        summary = {"step": cfg.steps, **{k: v for k, v in card.items()
+                                         if k not in ("classes", "backbone", "recipe", "weights_dtype")}}
         folder.write_summary(summary)
     return summary
 
