@@ -40,18 +40,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from dualtoken_lite.model.pretrained import WEIGHTS_NAME, check_state_dict, read_weights
+from dualtoken_lite.model.pretrained import WEIGHTS_NAME
 from dualtoken_lite.settings import ConfigError, require_at_least, require_finite, require_fraction
 from dualtoken_lite.tinyworld.drawing import CLASSES, make_batch, to_tensor
 from dualtoken_lite.tinyworld.paths import TEACHER_DIR, TINYWORLD_ROOT
 from dualtoken_lite.tinyworld.shards import ensure_tinyworld, load_split
 from dualtoken_lite.tinyworld.teacher import CARD_FILE, WEIGHTS_FILE, Teacher, accuracy, load_teacher
-from dualtoken_lite.training.checkpoints import (
-    capture_rng_state,
-    load_training_state,
-    payload_bytes,
-    restore_rng_state,
-)
+from dualtoken_lite.training.checkpoints import capture_rng_state, payload_bytes, restore_loop
 from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
 from dualtoken_lite.training.loop import check_finite_weights
 from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
@@ -171,17 +166,8 @@ def restore(checkpoint: str, model: Teacher, optimizer: torch.optim.Optimizer, s
             cfg: TeacherConfig) -> int:
     """Load a checkpoint (weights strictly, optimizer, schedule, batch order, every RNG); return its step. A longer
     ``steps`` stretches the cosine: the rate becomes the new schedule's at this step."""
-    weights = read_weights(Path(checkpoint) / WEIGHTS_NAME)
-    check_state_dict(model.state_dict(), weights, checkpoint)
-    model.load_state_dict(weights, strict=True)
-    state = load_training_state(checkpoint)
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    batches.set_state(state["batches"])
-    restore_rng_state(state["rng"])
-    for group, base in zip(optimizer.param_groups, schedule.base_lrs):
-        group["lr"] = base * warmup_cosine(state["step"], cfg.warmup_steps, cfg.steps, cfg.final_lr_ratio)
-    return state["step"]
+    return restore_loop(checkpoint, model, optimizer, schedule, batches,
+                        lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.final_lr_ratio))
 
 
 def train_teacher(cfg: TeacherConfig, eval_images: np.ndarray, eval_labels: np.ndarray, log=print,
