@@ -53,6 +53,7 @@ from dualtoken_lite.tinyworld.captions import (
     attribute_values,
     claim_code,
     image_code,
+    one_attribute_caption,
     plan_captions,
     sample_captions,
     true_of,

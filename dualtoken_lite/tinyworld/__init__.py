@@ -4,7 +4,7 @@ ImageNet and SigLIP that lets every code path run on a CPU (docs/method.md §9).
     drawing.py     draws sample i of a split from its own seed: one light shape of 8 classes on a darker ground
     shards.py      writes and reads the samples as plain WebDataset tar shards
     paths.py       where the shards and the shipped teacher live; "tinyworld" / "tinyworld-eval" on the command line
-    teacher.py     trains and loads the teacher ViT (shipped in data/teacher/)
+    teacher.py     loads the shipped teacher ViT (data/teacher/); tools/teacher.py trains one
 
 ``from dualtoken_lite import tinyworld as tw`` gives the drawing and the shards' public names.
 """

@@ -111,7 +111,8 @@ def teacher_fingerprint(folder: str | os.PathLike | None = None) -> str:
     """The fingerprint of the teacher in ``folder`` (default: the shipped one), read from its weights file."""
     weights = os.path.join(folder or TEACHER_DIR, WEIGHTS_FILE)
     if not os.path.exists(weights):
-        raise FileNotFoundError(f"teacher file {weights} is missing; train one with `python -m dualtoken_lite teacher`")
+        raise FileNotFoundError(f"teacher file {weights} is missing; train a teacher with `python -m dualtoken_lite "
+                                "teacher --out RUN` and give RUN/model (or copy RUN/model/teacher.* there)")
     return fingerprint_weights(load_file(weights))
 
 
@@ -133,7 +134,8 @@ def read_card(folder: str | os.PathLike | None = None) -> dict:
     """The teacher card (``teacher.json``) of ``folder`` (default: the shipped teacher)."""
     card = os.path.join(folder or TEACHER_DIR, CARD_FILE)
     if not os.path.exists(card):
-        raise FileNotFoundError(f"teacher file {card} is missing; train one with `python -m dualtoken_lite teacher`")
+        raise FileNotFoundError(f"teacher file {card} is missing; train a teacher with `python -m dualtoken_lite "
+                                "teacher --out RUN` and give RUN/model (or copy RUN/model/teacher.* there)")
     with open(card) as f:
         return json.load(f)
 
@@ -151,7 +153,8 @@ def load_teacher(path: str | os.PathLike | None = None) -> TinySigLIP:
     model = TinySigLIP(from_dict(BackboneConfig, info["backbone"]), from_dict(TextConfig, info["text"]))
     weights = os.path.join(folder, WEIGHTS_FILE)
     if not os.path.exists(weights):
-        raise FileNotFoundError(f"teacher file {weights} is missing; train one with `python -m dualtoken_lite teacher`")
+        raise FileNotFoundError(f"teacher file {weights} is missing; train a teacher with `python -m dualtoken_lite "
+                                "teacher --out RUN` and give RUN/model (or copy RUN/model/teacher.* there)")
     state = {k: v.float() for k, v in load_file(weights).items()}  # stored float16, computed in float32
     model.load_state_dict(state, strict=True)  # a mismatch raises, listing the keys
     return model.eval().requires_grad_(False)

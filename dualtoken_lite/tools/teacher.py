@@ -46,7 +46,7 @@ from torch import nn
 from dualtoken_lite.evaluation.probes import measure_teacher
 from dualtoken_lite.evaluation.zero_shot import attribute_accuracy, attribute_heads, attribute_labels
 from dualtoken_lite.losses.siglip import SigmoidLoss
-from dualtoken_lite.model.pretrained import WEIGHTS_NAME, check_state_dict, read_weights
+from dualtoken_lite.model.pretrained import WEIGHTS_NAME
 from dualtoken_lite.settings import ConfigError, require_at_least, require_finite
 from dualtoken_lite.tinyworld.captions import (
     CAPTIONS_PER_IMAGE,
@@ -67,12 +67,7 @@ from dualtoken_lite.tinyworld.drawing import make_samples, to_tensor
 from dualtoken_lite.tinyworld.paths import TEACHER_DIR
 from dualtoken_lite.tinyworld.teacher import TextConfig, TinySigLIP, read_card, save_teacher
 from dualtoken_lite.tinyworld.vocabulary import PAD, VOCABULARY
-from dualtoken_lite.training.checkpoints import (
-    capture_rng_state,
-    load_training_state,
-    payload_bytes,
-    restore_rng_state,
-)
+from dualtoken_lite.training.checkpoints import capture_rng_state, payload_bytes, restore_loop
 from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
 from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
 from dualtoken_lite.training.run_folder import NonFiniteError, RunFolder, RunRules
@@ -280,23 +275,6 @@ class FullPrecision:
         return self.model.state_dict()
 
 
-def restore(checkpoint: str, model: TinySigLIP, optimizer, schedule, batches: torch.Generator,
-            cfg: TeacherConfig) -> int:
-    """Load a checkpoint (weights strictly, optimizer, schedule, batch order, every RNG); return its step. A longer
-    ``steps`` stretches the cosine: the rate becomes the new schedule's at this step."""
-    weights = read_weights(Path(checkpoint) / WEIGHTS_NAME)
-    check_state_dict(model.state_dict(), weights, checkpoint)
-    model.load_state_dict(weights, strict=True)
-    state = load_training_state(checkpoint)
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    batches.set_state(state["batches"])
-    restore_rng_state(state["rng"])
-    for group, base in zip(optimizer.param_groups, schedule.base_lrs):
-        group["lr"] = base * warmup_cosine(state["step"], cfg.warmup_steps, cfg.steps, cfg.final_lr_ratio)
-    return state["step"]
-
-
 def train_teacher(cfg: TeacherConfig, pool: CaptionedPool, check_images: np.ndarray, check_labels: dict,
                   log=print, folder: RunFolder | None = None) -> TinySigLIP:
     """Train a TinySigLIP from scratch with ``cfg`` on ``pool``; log loss, t, b and held-out zero-shot accuracy.
@@ -324,7 +302,8 @@ def train_teacher(cfg: TeacherConfig, pool: CaptionedPool, check_images: np.ndar
     step, logger = 0, None
     if folder is not None:
         if folder.plan.checkpoint is not None:
-            step = restore(folder.plan.checkpoint, model, optimizer, schedule, g, cfg)
+            step = restore_loop(folder.plan.checkpoint, model, optimizer, schedule, g,
+                                lambda at: warmup_cosine(at, cfg.warmup_steps, cfg.steps, cfg.final_lr_ratio))
         folder.begin()  # nothing was written before this point
         if step:
             truncate_metrics(folder.path, step)

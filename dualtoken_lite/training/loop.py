@@ -122,7 +122,7 @@ def _train(folder: RunFolder, hooks: RunHooks) -> dict:
     t0, images_seen = time.perf_counter(), 0
     with bar:  # closed before any error line, so that line stands alone
         while tr.step < tr.total_steps:
-            micro, losses, last, logs = _step(tr, model, batches, hooks)
+            micro, losses, last, logs = train_step(tr, model, batches, hooks)
             images_seen += sum(batch["image"].shape[0] for batch in micro) * world.world_size
             bar.update(1)
             hooks.call("after_step", tr.step)
@@ -159,7 +159,7 @@ def _train(folder: RunFolder, hooks: RunHooks) -> dict:
     return summary
 
 
-def _step(tr: Trainer, model, batches, hooks: RunHooks) -> tuple[list[dict], dict, object, dict]:
+def train_step(tr: Trainer, model, batches, hooks: RunHooks) -> tuple[list[dict], dict, object, dict]:
     """One optimizer step: ``grad_accum`` micro-batches, every rank's losses checked finite, AdamW, one codebook
     update, one discriminator step when the GAN is on. Returns (micro-batches, mean losses, the last model output,
     the codebook and discriminator figures)."""

@@ -25,6 +25,7 @@ from dualtoken_lite.model.config import ModelConfig
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.group_norm import set_fast_group_norm
 from dualtoken_lite.model.hf_siglip import is_hf_spec, load_hf_trunk
+from dualtoken_lite.model.onednn_linear import use_onednn_linear
 from dualtoken_lite.model.pretrained import check_state_dict
 from dualtoken_lite.model.release import model_from_release
 from dualtoken_lite.model.release_files import read_release_checkpoint
@@ -32,6 +33,7 @@ from dualtoken_lite.tinyworld.shards import resolve_data
 from dualtoken_lite.tinyworld.teacher import TinySigLIP, load_teacher
 from dualtoken_lite.training import distributed as dist_utils
 from dualtoken_lite.training.adversarial import Adversary
+from dualtoken_lite.training.allocator import keep_freed_memory
 from dualtoken_lite.training.checkpoints import resume
 from dualtoken_lite.training.config import TrainConfig
 from dualtoken_lite.training.optim import build_adamw, build_schedule
@@ -54,8 +56,8 @@ def build_teacher(spec: str, model: DualToken | None, tower_init: str = "teacher
     tower (unless ``tower_init="scratch"``, which keeps the tower's random init);
     "backbone": a frozen copy of the tower as built (the pretrained SigLIP at paper scale);
     "hf:<repo id>" or a transformers SigLIP / SigLIP2 folder: that tower, frozen (model/hf_siglip.py);
-    a teacher folder: ``RUN/model`` of ``python -m dualtoken_lite teacher --out RUN`` (what ``data/teacher/`` is a
-    copy of).
+    a teacher folder: ``RUN/model`` of ``python -m dualtoken_lite teacher --out RUN`` (``data/teacher/`` is a copy
+    of one).
     """
     if is_hf_spec(spec):
         image_size = model.cfg.backbone.image_size if model is not None else None
@@ -81,9 +83,13 @@ def load_start(spec: str, model_cfg: ModelConfig) -> DualToken:
     return DualToken.from_pretrained(spec)
 
 
-def apply_speed_levers(model: DualToken, cfg: TrainConfig) -> None:
+def apply_speed_levers(model: DualToken, teacher: nn.Module, cfg: TrainConfig) -> None:
     """The levers of ``TrainConfig`` that change how the model computes, never what (benchmarks/step_speed.py)."""
     set_fast_group_norm(model, cfg.fast_group_norm)
+    for module in (model, teacher):
+        use_onednn_linear(module, cfg.onednn_linear)
+    if cfg.keep_freed_memory and next(model.parameters()).device.type == "cpu":
+        keep_freed_memory()  # process-wide: glibc's malloc thresholds
     if cfg.compile_decoder:  # in place: the state dict keeps its keys (no "_orig_mod." prefix)
         model.post_quant_block.compile()
         model.decoder.compile()
@@ -113,7 +119,7 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     teacher, siglip = teacher.to(world.device), siglip.to(world.device) if siglip is not None else None
     apply_stage(model, cfg.stage)
     stage_train_mode(model, cfg.stage)
-    apply_speed_levers(model, cfg)
+    apply_speed_levers(model, teacher, cfg)
     optimizer = build_adamw(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.adam_eps, cfg.weight_decay,
                             fused=cfg.fused_adamw)
     scheduler = build_schedule(optimizer, cfg.warmup_steps, total, cfg.min_lr_ratio)
