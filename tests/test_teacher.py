@@ -13,6 +13,7 @@ from dualtoken_lite.evaluation.probes import measure_teacher
 from dualtoken_lite.evaluation.zero_shot import attribute_accuracy, attribute_heads, attribute_labels
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import run_cli
+from dualtoken_lite.tinyworld import caption_batches as CB
 from dualtoken_lite.tinyworld import teacher as T
 from dualtoken_lite.tinyworld.captions import CLASSIFIED
 from dualtoken_lite.tinyworld.drawing import make_samples, to_tensor
@@ -152,7 +153,7 @@ def test_a_tokenizer_run_records_its_teacher_and_a_resume_with_other_weights_is_
 def test_dihedral_applies_the_symmetry_each_code_names():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     codes = torch.tensor([1, 6])
-    out = TT.dihedral(x, codes)
+    out = CB.dihedral(x, codes)
     assert torch.equal(out[0], torch.rot90(x[0], 1, dims=(1, 2)))
     assert torch.equal(out[1], torch.rot90(x[1], 2, dims=(1, 2)).flip(2))
 
@@ -177,7 +178,7 @@ def test_bad_settings_and_the_shipped_folder_are_refused_before_anything_is_writ
 def test_a_batch_marks_its_prompts_as_keyed():
     images, metas = make_samples(0, 8, "train")
     g = torch.Generator().manual_seed(0)
-    batch = TT.CaptionedPool(images, metas).batch(torch.arange(8), g, True, prompts=True)
+    batch = CB.CaptionedPool(images, metas).batch(torch.arange(8), g, True, prompts=True)
     n_prompts = sum(len(words) for words in CLASSIFIED.values())
     assert batch["keyed"].tolist() == [False] * (len(batch["texts"]) - n_prompts) + [True] * n_prompts
     assert (batch["owners"][batch["keyed"]] == -1).all()
@@ -188,7 +189,7 @@ def test_a_few_training_steps_run_and_log_zero_shot_accuracy():
     check_images, check_metas = make_samples(512, 8, "eval")
     cfg = TT.TeacherConfig(steps=4, batch_size=8, warmup_steps=2, pool_size=16, eval_every=4)
     lines = []
-    model = TT.train_teacher(cfg, TT.CaptionedPool(images, metas), check_images, attribute_labels(check_metas),
+    model = TT.train_teacher(cfg, CB.CaptionedPool(images, metas), check_images, attribute_labels(check_metas),
                              log=lines.append)
     assert not model.training and any("zero-shot" in line and "background" in line for line in lines)
     assert model.logit_bias.item() != -10.0  # t' and b learn
@@ -233,7 +234,7 @@ def test_a_stopped_teacher_run_continues_bit_identically_with_the_command_it_pri
     solo, stop = tmp_path / "solo", tmp_path / "stop"
     assert run_cli(TT.main, [*TINY, "--out", str(solo)]) == 0
     capsys.readouterr()
-    batch, calls = TT.CaptionedPool.batch, {"n": 0}
+    batch, calls = CB.CaptionedPool.batch, {"n": 0}
 
     def stopped_in_step_3(self, *args, **kwargs):
         calls["n"] += 1
@@ -241,13 +242,13 @@ def test_a_stopped_teacher_run_continues_bit_identically_with_the_command_it_pri
             os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, as a scheduler's would
         return batch(self, *args, **kwargs)
 
-    monkeypatch.setattr(TT.CaptionedPool, "batch", stopped_in_step_3)
+    monkeypatch.setattr(CB.CaptionedPool, "batch", stopped_in_step_3)
     assert run_cli(TT.main, [*TINY, "--out", str(stop)]) == 4
     err = capsys.readouterr().err
     assert (f"stopped by SIGTERM after step 3: checkpoint {stop / 'checkpoints' / 'step_00000003'}; continue the run "
             f"with: python -m dualtoken_lite teacher --out {stop} --resume auto") in err
     assert not (stop / "model").exists() and not (stop / "summary.json").exists()
-    monkeypatch.setattr(TT.CaptionedPool, "batch", batch)
+    monkeypatch.setattr(CB.CaptionedPool, "batch", batch)
     assert run_cli(TT.main, ["--out", str(stop), "--resume", "auto"]) == 0  # that command: the rest comes from config.json
     assert "resumed" in capsys.readouterr().out
 

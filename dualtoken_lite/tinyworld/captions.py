@@ -28,8 +28,8 @@ a caption is a pure function of (split, index):
     captions = sample_captions(meta)                 # meta = make_sample(i, split)[1]: 8 strings
     true_of(claim_code(text)[None], image_code(attribute_values(meta))[None])   # (1, 1): the caption holds
 
-Flipping or turning an image by 90 degrees moves its shape: ``turn_description`` moves the position words with
-it (the augmentation of ``tools/teacher.py``), so an augmented image's captions stay true.
+Flipping or turning an image by 90 degrees moves its shape: ``turn_values`` moves the position words with
+it (the augmentation of ``caption_batches.py``), so an augmented image's captions stay true.
 """
 
 from __future__ import annotations
