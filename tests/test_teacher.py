@@ -22,6 +22,7 @@ from dualtoken_lite.tools import teacher as TT
 from dualtoken_lite.training.loop import TOKENIZER_RUNS
 from dualtoken_lite.training.presets import preset
 from dualtoken_lite.training.run_folder import RunFolder, RunFolderError
+from dualtoken_lite.training.run_plan import CONTROL
 from dualtoken_lite.training.teacher_record import (
     TEACHER_RECORD,
     check_same_teacher,
@@ -62,6 +63,15 @@ def test_shipped_teacher_meets_its_targets(card):
         assert zero_shot >= floor or (ceiling < floor and zero_shot >= ceiling - 0.03), attribute
     assert stated["retrieval"]["r1"] > 10 * stated["retrieval"]["chance"]
     assert stated["patch_probe"]["2"]["chroma"] >= 35.2  # colour survives block 2 (an 8 x 8 thumbnail's chroma)
+
+
+def test_the_shipped_teacher_is_the_default_recipe(card):
+    # every setting the command has today is the one the shipped run used, so `teacher --out RUN` remakes it
+    # (threads and the logging / saving cadence change the wall time, not the weights' recipe)
+    cadence = ("threads", "eval_every", "eval_count", "save_every", "keep_checkpoints")
+    for name, value in dataclasses.asdict(TT.TeacherConfig()).items():
+        if name not in CONTROL and name not in cadence:
+            assert card["recipe"][name] == (list(value) if isinstance(value, tuple) else value), name
 
 
 def test_a_random_teacher_is_near_chance():
