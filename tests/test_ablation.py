@@ -10,9 +10,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from dualtoken_lite.tinyworld.drawing import CLASSES, make_sample
-from dualtoken_lite.tinyworld.shards import encode_png
-from dualtoken_lite.tinyworld.teacher import Teacher
+from dualtoken_lite.tinyworld.drawing import make_sample
+from dualtoken_lite.tinyworld.shards import encode_png, sample_key
+from dualtoken_lite.tinyworld.teacher import TinySigLIP, save_teacher, teacher_fingerprint
 from dualtoken_lite.tools.ablation import (
     COLUMNS,
     VARIANTS,
@@ -22,7 +22,6 @@ from dualtoken_lite.tools.ablation import (
     mean_spread,
     run_ablation,
 )
-from dualtoken_lite.tools.teacher import save_teacher
 
 # Small, fast runs: 2 steps at batch 4, small codebooks, one thread, no images.
 FAST = ["--batch_size", "4", "--threads", "1", "--log_every", "1", "--image_every", "0", "--eval_samples", "8",
@@ -33,7 +32,7 @@ def _shard(path: Path, split: str, n: int) -> str:
     with wds.TarWriter(str(path)) as sink:
         for i in range(n):
             image, meta = make_sample(i, split)
-            sink.write({"__key__": f"{split}-{i:05d}", "png": encode_png(image), "cls": str(meta["label"]).encode()})
+            sink.write({"__key__": sample_key(split, i), "png": encode_png(image), "cls": str(meta["label"]).encode()})
     return str(path)
 
 
@@ -42,7 +41,7 @@ def ablation(tmp_path_factory):
     """Four variants x two seeds, 2 steps each, with a (random) teacher folder so accuracy is measured."""
     root = tmp_path_factory.mktemp("ablation")
     torch.manual_seed(0)
-    save_teacher(Teacher(), {"classes": list(CLASSES), "backbone": Teacher().backbone.__dict__}, str(root / "teacher"))
+    save_teacher(TinySigLIP(), {}, root / "teacher")
     extra = [*FAST, "--train-data", _shard(root / "train.tar", "train", 16),
              "--eval-data", _shard(root / "eval.tar", "eval", 8), "--teacher", str(root / "teacher")]
     table = run_ablation(2, [0, 1], root / "out", extra, log=lambda *_: None)
@@ -64,6 +63,9 @@ def test_every_variant_trains_the_model_it_claims(ablation):
             assert cfg["max_steps"] == 2 and cfg["seed"] == seed, "every run has the one budget and its own seed"
             assert model["pixel_quantizer"]["codebook_size"] == 32, "the caller's flags reach every run"
             assert (out / key / f"seed{seed}" / "model" / "model.safetensors").is_file()
+            record = json.loads((out / key / f"seed{seed}" / "teacher.json").read_text())  # the teacher it distils
+            summary = json.loads((out / key / f"seed{seed}" / "summary.json").read_text())
+            assert record["fingerprint"] == summary["teacher_fingerprint"] == teacher_fingerprint(out.parent / "teacher")
 
 
 def test_table_has_every_row_and_the_right_columns(ablation):

@@ -126,13 +126,17 @@ def _rotation(angle: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-def shape_mask(name: str, rng: np.random.Generator, cfg: TinyWorldConfig) -> np.ndarray:
-    """An anti-aliased coverage mask (h, w) in [0, 1] of one randomly placed, sized, rotated, stretched shape."""
-    size, ss = cfg.image_size, cfg.supersample
+def shape_placement(name: str, rng: np.random.Generator, cfg: TinyWorldConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A random size, stretch, rotation and position for a shape: (transform (2, 2), centre (2,)) in pixels.
+
+    The outline in unit coordinates maps to ``outline @ transform.T + centre``; sqrt(|det transform|) is the
+    shape's radius in pixels (the stretch keeps the area).
+    """
+    size = cfg.image_size
     radius = rng.uniform(cfg.min_radius, cfg.max_radius) * size
     aspect = np.exp(rng.uniform(-cfg.stretch, cfg.stretch))  # mild stretch: x * aspect, y / aspect
     transform = _rotation(rng.uniform(0, 2 * np.pi * cfg.rotation)) @ np.diag([aspect, 1 / aspect]) * radius
-    outer, hole = shape_outlines(name)
+    outer, _ = shape_outlines(name)
     points = outer @ transform.T  # (n, 2) pixels around the centre
     span = (points.max(0) - points.min(0)).max()
     transform = transform * min(1.0, (size - 2) / span)  # shrink a shape that would not fit the frame
@@ -140,14 +144,33 @@ def shape_mask(name: str, rng: np.random.Generator, cfg: TinyWorldConfig) -> np.
     low, high = 1 - points.min(0), size - 1 - points.max(0)  # centres that keep the whole shape in view
     free = (high - low) * cfg.placement
     centre = (low + high - free) / 2 + rng.uniform(0, 1, 2) * free
+    return transform, centre
+
+
+def rasterize(name: str, transform: np.ndarray, centre: np.ndarray, cfg: TinyWorldConfig) -> np.ndarray:
+    """The anti-aliased coverage mask (h, w) in [0, 1] of a placed shape (outline, then its hole cut out)."""
+    size, ss = cfg.image_size, cfg.supersample
     canvas = Image.new("L", (size * ss, size * ss), 0)
     draw = ImageDraw.Draw(canvas)
-    for outline, value in ((outer, 255), (hole, 0)):
+    for outline, value in zip(shape_outlines(name), (255, 0)):
         if outline is not None:
             points = (outline @ transform.T + centre) * ss
             draw.polygon([tuple(p) for p in points], fill=value)
     mask = canvas.resize((size, size), Image.BOX)  # box filter = exact area coverage
     return np.asarray(mask, dtype=np.float32) / 255.0
+
+
+def shape_mask(name: str, rng: np.random.Generator, cfg: TinyWorldConfig) -> np.ndarray:
+    """An anti-aliased coverage mask (h, w) in [0, 1] of one randomly placed, sized, rotated, stretched shape."""
+    return rasterize(name, *shape_placement(name, rng, cfg), cfg)
+
+
+def mask_centroid(mask: np.ndarray) -> tuple[float, float]:
+    """Where a coverage mask (h, w) sits: its centre of mass (x, y) as fractions of the width and height."""
+    h, w = mask.shape
+    y, x = np.mgrid[0:h, 0:w]
+    total = mask.sum()
+    return float((mask * (x + 0.5)).sum() / total / w), float((mask * (y + 0.5)).sum() / total / h)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,7 +304,9 @@ def light_figure(ground: np.ndarray, figure: np.ndarray, cfg: TinyWorldConfig) -
 def make_sample(index: int, split: str = "train", cfg: TinyWorldConfig | None = None) -> tuple[np.ndarray, dict]:
     """Sample ``index`` of ``split``: an image (h, w, 3) uint8 and its description (label = index % classes).
 
-    The description: label, class, split, index, background and fill kinds, the paint's hue bin, the photo's name.
+    The description: label, class, split, index, background and fill kinds, the paint's hue bin, the photo's name,
+    the shape's radius (fraction of the side) and its centre of mass (x, y), fractions of the side from the top
+    left. Captions are made from it (``tinyworld.captions``).
     """
     image, _, meta = make_sample_with_mask(index, split, cfg)
     return image, meta
@@ -300,11 +325,16 @@ def make_sample_with_mask(index: int, split: str = "train", cfg: TinyWorldConfig
     paint = fill(fill_kind, rng, size, bg.mean((0, 1)), cfg.min_contrast)
     hue = hue_bin(paint.mean((0, 1)))  # the paint's mean colour, before lightening (draws no random numbers)
     bg, paint = light_figure(bg, paint, cfg)
-    mask = shape_mask(CLASSES[label], rng, cfg)[..., None]  # (h, w, 1) coverage
+    transform, centre = shape_placement(CLASSES[label], rng, cfg)
+    mask = rasterize(CLASSES[label], transform, centre, cfg)[..., None]  # (h, w, 1) coverage
     image = bg * (1 - mask) + paint * mask
     image = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    # size and position are read off the drawing (no random draws, so no pixel changed when they were added)
+    radius = float(np.sqrt(abs(np.linalg.det(transform)))) / size  # fraction of the side
+    x, y = mask_centroid(mask[..., 0])
     meta = {"label": label, "class": CLASSES[label], "split": split, "index": index,
-            "background": bg_kind, "fill": fill_kind, "hue": hue, "photo": photo}
+            "background": bg_kind, "fill": fill_kind, "hue": hue, "photo": photo,
+            "radius": round(radius, 4), "x": round(x, 4), "y": round(y, 4)}
     return image, np.rint(mask[..., 0] * 255).astype(np.uint8), meta
 
 
@@ -315,6 +345,13 @@ def make_batch(start: int, count: int, split: str = "train", cfg: TinyWorldConfi
     images = np.stack([s[0] for s in samples])
     labels = np.array([s[1]["label"] for s in samples], dtype=np.int64)
     return images, labels
+
+
+def make_samples(start: int, count: int, split: str = "train", cfg: TinyWorldConfig | None = None
+                 ) -> tuple[np.ndarray, list[dict]]:
+    """Samples start .. start+count-1 of a split: images (B, h, w, 3) uint8 and their descriptions."""
+    samples = [make_sample(i, split, cfg) for i in range(start, start + count)]
+    return np.stack([s[0] for s in samples]), [s[1] for s in samples]
 
 
 def to_tensor(images: np.ndarray):

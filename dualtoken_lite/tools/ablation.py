@@ -10,8 +10,9 @@ fighting when each gets its own layer. The paper shows it with four tokenizers t
 
 Here each variant is the tiny preset with its taps moved (``VARIANTS``), trained by the library's trainer
 (``training.loop.run``) for the same number of steps, once per seed, and evaluated on the held-out set:
-PSNR and SSIM for all, and, for the two with a semantic branch, the semantic accuracy (the teacher's class head
-on the pooled embedding computed from the quantized path, the stand-in for zero-shot; docs/method.md §6, §9).
+PSNR and SSIM for all, and, for the two with a semantic branch, the semantic accuracy: zero-shot accuracy of the
+pooled embedding computed from the quantized path, through the tiny SigLIP's text tower, averaged over shape,
+colour, fill and background (``summary["eval"]["semantic"]`` has each; docs/method.md §6, §9).
 
     python -m dualtoken_lite ablation --steps 1200 --seeds 0 1 --threads 1 --out runs/ablation   # 8 runs
     python -m dualtoken_lite ablation --steps 2 --seeds 0 --batch_size 4 --teacher backbone   # smoke run

@@ -16,7 +16,9 @@ folder is ``--out``, or the one ``--resume RUN`` names when ``--out`` is not giv
 Resuming takes the run's saved ``config.json`` as the truth. A setting given on the command line that differs from
 it is refused with both values named, except those in ``rules.resumable``, which may change and are reported; a
 ``--out`` other than the resumed run's folder is refused. A longer run stretches the cosine learning-rate schedule
-to the new total. The plan is made before anything is written, while holding the folder's lock (training.run_folder).
+to the new total. A trainer may refuse a resume for a reason of its own (``rules.check_resume``: the tokenizer
+trainer refuses a teacher whose weights differ from the run's, training.teacher_record). The plan is made before
+anything is written, while holding the folder's lock (training.run_folder).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class RunRules:
     resumable: tuple[str, ...]  # config fields a resume may change (dotted; a prefix covers the fields below it)
     load_config: Callable[[Path], Any]  # a run folder -> the config its config.json holds (strictly checked)
     total_steps: Callable[[Any], int | None]  # the steps a config asks for (None: known once the data is read)
+    check_resume: Callable[[Any, Path], None] | None = None  # (config to run with, run folder) -> None, or raise
+    #                                                          RunFolderError when that run cannot go on with it
 
 
 @dataclass
@@ -109,6 +113,8 @@ def plan_start(cfg: Any, rules: RunRules, given: set[str] | None = None) -> Plan
                              ) from None
     run_dir = point.parent.parent if point.parent.name == "checkpoints" else point
     merged, changed = merge_with_saved(cfg, run_dir, given, rules)
+    if rules.check_resume is not None:  # what only the trainer knows (the tokenizer's: the same teacher)
+        rules.check_resume(merged, run_dir)
     merged.resume = str(point)
     summary_file, total = run_dir / "summary.json", rules.total_steps(merged)
     if summary_file.is_file() and (run_dir / "model").is_dir():
