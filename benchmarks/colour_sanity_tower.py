@@ -4,7 +4,7 @@ trained on MSE alone (no quantizer, no semantic loss); PSNR / luma / chroma on e
     python benchmarks/colour_sanity_tower.py PRE GROUPS STEPS TOWER TAP [POST]
       PRE     attn (the paper's AttnProjection) | linear (one Linear C -> d) | lnlinear (LayerNorm + Linear)
       GROUPS  decoder GroupNorm groups (32 = the paper's; an instance norm on tiny's 32-channel levels)
-      TOWER   teacher (the shipped tiny teacher) | random
+      TOWER   teacher (the shipped tiny SigLIP's image tower) | classifier (the shape classifier) | random
       TAP     pixel tap: 0 = patch embedding, k = block k (with a 0.6 x block-1 shortcut when k > 1)
       POST    attn (default, the paper's causal AttnProjection) | linear (one Linear d -> C)
 
@@ -23,6 +23,7 @@ from dualtoken_lite import DualToken, model_preset
 from dualtoken_lite.evaluation.metrics import luma_chroma_psnr, psnr
 from dualtoken_lite.tinyworld import ensure_tinyworld, load_split, make_batch, to_tensor
 from dualtoken_lite.tinyworld.teacher import load_teacher
+from dualtoken_lite.unified.judge import load_shape_classifier
 
 
 class LinearProjection(nn.Module):
@@ -47,7 +48,9 @@ def main() -> None:
     cfg.pixel_layer, cfg.shortcut_layer = tap, (1 if tap > 1 else None)
     model = DualToken(cfg)
     if tower == "teacher":
-        model.encoder.trunk.load_state_dict(load_teacher()[0].state_dict())
+        model.encoder.trunk.load_state_dict(load_teacher().trunk.state_dict())
+    elif tower == "classifier":
+        model.encoder.trunk.load_state_dict(load_shape_classifier()[0].state_dict())
     model.encoder.requires_grad_(False)
     C, d = cfg.backbone.width, cfg.pixel_quantizer.code_dim
     if pre in ("linear", "lnlinear"):

@@ -15,7 +15,7 @@ import argparse
 import json
 
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.unified.generator_training import heldout_loss
 from dualtoken_lite.unified.token_cache import load_or_encode
 from dualtoken_lite.unified.weights import load_model
@@ -24,7 +24,7 @@ from dualtoken_lite.unified.weights import load_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", help="generator folders (data/unified/generator-both, RUN/model)")
-    parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR))
+    parser.add_argument("--tokenizer", default=str(UNIFIED_TOKENIZER_DIR))
     parser.add_argument("--cache_dir", default="runs/unified/cache")
     args = parser.parse_args()
     tokenizer = DualToken.from_pretrained(args.tokenizer).eval()

@@ -22,7 +22,7 @@ import time
 import torch
 
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.training.precision import precision_context
 from dualtoken_lite.unified.ar_generator import ARGenerator
 from dualtoken_lite.unified.embedding import slot_offsets, slot_sizes
@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
-    lay = layout_of(DualToken.from_pretrained(TOKENIZER_DIR))  # the shipped tokenizer's token layout
+    lay = layout_of(DualToken.from_pretrained(UNIFIED_TOKENIZER_DIR))  # the shipped tokenizer's token layout
     model = ARGenerator(dataclasses.replace(GeneratorTrainConfig().model, variant=args.variant), lay)  # the trainer's
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     stacks = torch.randint(0, 512, (args.batch, lay.grid**2, lay.pixel_depth + lay.semantic_depth))

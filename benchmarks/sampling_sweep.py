@@ -18,7 +18,7 @@ import time
 import torch
 
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.unified.generator_training import measure_generator
 from dualtoken_lite.unified.judge import Judge, held_out_images
 from dualtoken_lite.unified.prompts import SamplingConfig
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("model", help="a generator folder (data/unified/generator-both or RUN/model)")
     parser.add_argument("--settings", nargs="+", default=["t1"])
     parser.add_argument("--num", type=int, default=512, help="images per setting (a multiple of 8)")
-    parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR))
+    parser.add_argument("--tokenizer", default=str(UNIFIED_TOKENIZER_DIR))
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     generator = load_model(args.model, kind="generator")

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -98,7 +98,7 @@ plt.show()
 #
 # The distance matrix is N x K. At paper scale a batch of 32 images x 729 positions against K = 16,384 codes
 # is 32 x 729 x 16,384 x 4 bytes = 1.5 GB in fp32, for one depth of one branch. `nearest_code` computes it
-# `chunk_size` rows at a time (256 by default), so at most a (256, K) block exists at once. Chunking changes
+# `chunk_size` rows at a time (128 by default), so at most a (128, K) block exists at once. Chunking changes
 # memory, not answers. Whether it also changes speed depends on the machine (cache size, BLAS, load): the cell
 # times both ways in this process and prints the ratio, but nothing here relies on it.
 
@@ -109,14 +109,14 @@ for chunk_size in (1, 7, 256, 5000):
 
 g = torch.Generator().manual_seed(2)  # its own generator: the cells below see the same random stream either way
 z_many, e_many = torch.randn(8192, 32, generator=g), torch.randn(4096, 32, generator=g)  # 134 MB of distances whole
-seconds = {size: [] for size in (256, len(z_many))}
+seconds = {size: [] for size in (128, len(z_many))}
 for _ in range(3):  # interleaved, best of three: the machine may be busy
     for size in seconds:
         t0 = time.perf_counter()
         nearest_code(z_many, e_many, chunk_size=size)
         seconds[size].append(time.perf_counter() - t0)
-print(f"one product: {min(seconds[8192]) * 1e3:.0f} ms, chunks of 256: {min(seconds[256]) * 1e3:.0f} ms "
-      f"(ratio {min(seconds[8192]) / min(seconds[256]):.2f}; a timing, it varies with the machine and its load)")
+print(f"one product: {min(seconds[8192]) * 1e3:.0f} ms, chunks of 128: {min(seconds[128]) * 1e3:.0f} ms "
+      f"(ratio {min(seconds[8192]) / min(seconds[128]):.2f}; a timing, it varies with the machine and its load)")
 
 # %% [markdown]
 # The lookup also runs in fp32 when the model trains under bf16 autocast. bf16 keeps 8 significant bits, so

@@ -13,252 +13,341 @@
 # ---
 
 # %% [markdown]
-# # 03 · The encoder: one vision transformer, two taps
+# # 03 · The encoder: a tiny SigLIP, read at two depths
 #
-# **Runtime** (`pytest --nbval-lax`, 1 Dec 2026, 1 torch thread on a shared 2-core CPU): default 45 s and 67 s
-# in two runs at load average 2.6-2.8 and 4.0 from other jobs; `DUALTOKEN_LITE_FULL=1` (4x the probe data) 2 min
-# 22 s and 2 min 45 s in two runs at load average 3.0-4.5. The default fits the probes on 1,024 training images
-# and scores them on 256 held-out ones; the full budget uses 4,096 and all 1,024. Every number quoted below is
-# measured by this run and checked against `notebooks/figures/03_encoder.json` (the default path checks the
-# default figures, the full budget the full ones).
+# **Runtime.** Default path: 56 s (`pytest --nbval-lax`, 6 Dec 2026, idle 2-core CPU, 1 thread); it loads the
+# shipped teacher. With `DUALTOKEN_LITE_FULL=1` it first trains its own teacher with the shipped command (26 min on
+# 2 threads) and probes with 2,048 training images; the full budget's figures are not recorded yet, so that path
+# stops at its first check and says how to record them. Every figure the prose quotes is checked against
+# `notebooks/figures/03_encoder.json`.
 #
-# DualToken does not train an encoder from scratch. It takes a pretrained SigLIP vision transformer and reads it
-# at two depths (docs/method.md §1-2): a **shallow** block feeds the pixel codebook, a **deep** block feeds the semantic
-# codebook, and the quantized semantic features are put back into the tower in place of the deep block's
-# output, so that the tower's last blocks and pooling head still produce the embedding its text side expects.
+# DualToken does not train an encoder from scratch. It takes a pretrained **SigLIP** vision transformer, a tower
+# trained against text, and reads it at two depths (docs/method.md §1-2): a **shallow** block feeds the pixel
+# codebook, a **deep** block feeds the semantic codebook, and the quantized semantic features are put back into the
+# tower in place of the deep block's output, so that the tower's last blocks and pooling head still produce the
+# embedding its text side expects. The paper measures what the semantic codes keep the SigLIP way: **zero-shot**,
+# with the text tower.
 #
-# This notebook opens the tower up: the ViT as a stack of blocks, run one block at a time; what the hidden
-# state after each block still knows about the *pixels* and what it knows about the *class*, measured with
-# linear probes on the tiny world's teacher (the stand-in for SigLIP, docs/method.md §9); then the two branches and the
-# semantic re-entry.
+# No pretrained SigLIP reaches this machine, so the tiny world trains its own (docs/method.md §9): captions made
+# from each image's description, a small text transformer, and SigLIP's sigmoid loss. This notebook builds each
+# piece inline and checks it against the package: the captions, the loss, zero-shot classification; then it opens
+# the tower up and measures, with linear probes, how much colour and shape each block keeps, beside the tiny
+# world's previous teacher (a shape classifier); last, the two branches and the semantic re-entry.
 #
-# Notation: B batch, H x W token grid, N = H W, C width, d code dim, D residual depth, (h, w) pixels.
+# Notation: B batch, H x W token grid, N = H W, C width, d code dim, D residual depth, (h, w) pixels, E embedding.
 
 # %%
-from pathlib import Path
+import math
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.loss import SigLipLoss
 
 from dualtoken_lite import DualToken, model_preset
+from dualtoken_lite.evaluation.probes import attribute_probe, hidden_states, patch_probe
+from dualtoken_lite.evaluation.zero_shot import attribute_accuracy, attribute_heads, attribute_labels
+from dualtoken_lite.losses.siglip import SigmoidLoss
 from dualtoken_lite.model.backbone import VisionTower, tapped_forward
 from dualtoken_lite.model.projection import AttnProjection
 from dualtoken_lite.notebook_runtime import Figures, start
-from dualtoken_lite.tinyworld import CLASSES, TEACHER_DIR, ensure_tinyworld, load_split, make_batch, to_tensor
-from dualtoken_lite.tinyworld.teacher import load_teacher
-from dualtoken_lite.tools.teacher import pixel_probe_accuracy
+from dualtoken_lite.tinyworld.captions import (
+    CLASSIFIED,
+    attribute_values,
+    claim_code,
+    image_code,
+    one_attribute_caption,
+    plan_captions,
+    sample_captions,
+    true_of,
+)
+from dualtoken_lite.tinyworld.drawing import make_samples, to_tensor
+from dualtoken_lite.tinyworld.paths import TEACHER_DIR
+from dualtoken_lite.tinyworld.teacher import load_teacher, read_card
+from dualtoken_lite.tinyworld.vocabulary import VOCABULARY
+from dualtoken_lite.unified.judge import load_shape_classifier
 
 FULL = start(0)  # seeds torch, uses cores - 1 threads; True under DUALTOKEN_LITE_FULL=1
 BUDGET = "full" if FULL else "default"  # which recorded figures this run checks
 figures = Figures("03_encoder")
-N_TRAIN = 4096 if FULL else 1024  # probe training images (fresh generator samples of the train split)
-N_EVAL = 1024 if FULL else 256  # held-out images (the first N_EVAL of the committed eval shard)
+N_TRAIN = 2048 if FULL else 1024  # probe training images (train split samples 0..)
+N_EVAL = 512  # held-out images: eval samples 0-511, as every card figure
 
 # %% [markdown]
-# ## 1. The teacher and the data
-# The teacher is the `tiny` preset's trunk (a timm ViT in SigLIP's layout: 64 px images, 8 px patches -> an 8 x 8
-# grid, 6 blocks of width 128, a MAP pooling head) trained here as a shape classifier, with a linear head in
-# place of SigLIP's text tower. The images are the tiny world's: eight shape classes whose colour, size,
-# position, texture and background are random, so only structure tells them apart.
+# ## 1. Captions: text the tiny world writes about itself
+#
+# Every tiny-world image comes with a description from the code that drew it: its shape, the hue bin of its paint,
+# the paint's texture, the kind of background, and where and how large the shape is. `tinyworld.captions` turns
+# that into English, several captions per image, planned from the image's own seed: the first names everything
+# that can be named, the others a random subset in one of four wordings. Size and position words are said only
+# where they are clear (a shape near the middle is neither "left" nor "right"), so every word is true of its image.
 
 # %%
-trunk, head = load_teacher()  # frozen, eval mode
-cfg = model_preset("tiny")
-tower = VisionTower(cfg.backbone, trunk=trunk)
-eval_images, eval_labels = load_split(ensure_tinyworld(splits=("eval",))["eval"])
-x_eval, y_eval = to_tensor(eval_images[:N_EVAL]), torch.from_numpy(eval_labels[:N_EVAL])
-train_images, train_labels = make_batch(0, N_TRAIN, "train")
-x_train, y_train = to_tensor(train_images), torch.from_numpy(train_labels)
-with torch.no_grad():
-    teacher_acc = (head(trunk(x_eval)).argmax(-1) == y_eval).float().mean().item()
-print(f"teacher: {sum(p.numel() for p in trunk.parameters()):,} parameters, held-out accuracy {teacher_acc:.1%} "
-      f"on {N_EVAL} images ({len(CLASSES)} classes, chance {1 / len(CLASSES):.1%})")
-assert teacher_acc > 0.95
-figures.check(f"{BUDGET}/teacher_accuracy", teacher_acc, tol=0.005)  # frozen weights: only float noise
-
-# %%
-fig, axes = plt.subplots(1, 8, figsize=(12, 1.8))
-for ax, i in zip(axes, range(8)):
-    ax.imshow(eval_images[i])
-    ax.set_title(CLASSES[eval_labels[i]], fontsize=9)
+images, metas = make_samples(0, N_EVAL, "eval")  # (B, 64, 64, 3) uint8 and descriptions
+fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+for ax, i in zip(axes, range(4)):
+    ax.imshow(images[i])
+    ax.set_title("\n".join(sample_captions(metas[i])[:3]), fontsize=7)
     ax.axis("off")
 plt.show()
+print(metas[0])
+for plan, text in zip(plan_captions(metas[0]), sample_captions(metas[0])):
+    print(f"  {text!r:70s} names {plan.named}")
+assert sample_captions(metas[0]) == sample_captions(make_samples(0, 1, "eval")[1][0])  # a function of (split, index)
 
 # %% [markdown]
-# ## 2. The ViT as a stack of blocks
-# A ViT cuts the image into patches, embeds each as a token (a linear map of its 8 x 8 x 3 pixels, plus a
-# position embedding), then applies L identical **pre-norm blocks** to the (B, N, C) sequence:
+# A caption becomes word ids through a 45-word vocabulary (`tinyworld.vocabulary`): lowercase, split at anything
+# that is not a letter, an unknown word becomes `<unk>`, then `<end>` and padding. SigLIP's own tokenizer has
+# 32,000 pieces, an embedding table larger than this whole model.
 #
-# $$x \leftarrow x + \mathrm{Attn}(\mathrm{LN}_1 x), \qquad x \leftarrow x + \mathrm{MLP}(\mathrm{LN}_2 x).$$
-#
-# A final LayerNorm and a **MAP head** (attention pooling: one learned query attends over all N tokens, then an
-# MLP) turn the sequence into one embedding (B, C). SigLIP has no class token, so every token is a grid
-# position. Running the blocks one by one instead of all at once lets us keep the hidden state after any of
-# them; numbered from 1, as docs/method.md does.
+# Because no word names two attributes, what a caption **claims** can be read off its words, and a claim can be
+# checked against any image: "a star" is true of every star. That is what the loss below needs.
 
 # %%
-def run_tower_inline(trunk, images):
-    """embed -> blocks 1..L -> final norm -> MAP head; returns the L + 1 hidden states and the pooled embedding."""
-    x = trunk.patch_embed(images) + trunk.pos_embed  # (B, N, C): patch tokens + position embeddings
-    hidden = [x]  # hidden[l] = state after block l (hidden[0]: after the embedding)
-    for block in trunk.blocks:
-        x = x + block.attn(block.norm1(x))  # pre-norm attention residual
-        x = x + block.mlp(block.norm2(x))  # pre-norm MLP residual
-        hidden.append(x)
-    return hidden, trunk.attn_pool(trunk.norm(x))  # (B, C)
+text = sample_captions(metas[0])[1]
+ids = VOCABULARY.encode(text)
+print(f"{text!r} -> {ids} -> {VOCABULARY.decode(ids)!r}; vocabulary of {len(VOCABULARY)} words")
+claims = np.stack([claim_code(sample_captions(m)[1]) for m in metas[:8]])  # (8, fields): -1 = not named
+truth = true_of(claims, np.stack([image_code(attribute_values(m)) for m in metas[:8]]))  # (images, captions)
+print("caption j true of image i:\n", truth.astype(int))
+assert truth.diagonal().all() and VOCABULARY.decode(ids) == text.replace(",", "")
 
+# %% [markdown]
+# ## 2. The sigmoid loss
+#
+# SigLIP scores every image-text pair of a batch as its own yes/no question (Zhai et al. 2023, eq. 1):
+#
+# $$\mathcal L = -\frac{1}{|B|}\sum_{i}\sum_{j} \log \sigma\big(z_{ij}\,(t\,\langle x_i, y_j\rangle + b)\big),
+# \qquad z_{ij} = \begin{cases} +1 & \text{image } i \text{ and text } j \text{ match} \\ -1 & \text{otherwise}\end{cases}$$
+#
+# with unit-norm embeddings $x, y$, a learnable temperature $t = e^{t'}$ and bias $b$, initialised at $t' = \log 10$,
+# $b = -10$. In SigLIP $z$ is the identity: only the pair's own caption matches. Our captions name only some
+# attributes, so "a star" written for one image is also true of the other stars of the batch: counting those pairs
+# as negatives asks the model to tell apart what the text cannot. The package takes attribute **keys** and decides
+# per pair; the teacher's recipe leaves such pairs out of the loss (section 4 says why). Built inline, checked
+# against the package, and, with SigLIP's identity $z$, against open_clip's `SigLipLoss`:
+
+# %%
+def sigmoid_loss_inline(x, y, t, b, z):
+    """x (I, E), y (T, E) unit norm; z (I, T) in {+1, -1, 0}: 0 leaves a pair out."""
+    logits = t * x @ y.T + b  # (I, T)
+    return -(F.logsigmoid(z * logits) * (z != 0)).sum() / len(x)
+
+
+g = torch.Generator().manual_seed(0)
+x = F.normalize(torch.randn(8, 16, generator=g), dim=-1)
+y = F.normalize(torch.randn(8, 16, generator=g), dim=-1)
+t, b = torch.tensor(math.log(10)).exp(), torch.tensor(-10.0)
+own = torch.eye(8, dtype=torch.bool)
+others = torch.as_tensor(truth) & ~own  # captions true of images they were not written for
+z_siglip = own.float() * 2 - 1
+z_ignore = torch.where(others, 0.0, z_siglip)
+keys = (torch.from_numpy(np.stack([image_code(attribute_values(m)) for m in metas[:8]])), torch.from_numpy(claims))
+torch.testing.assert_close(sigmoid_loss_inline(x, y, t, b, z_siglip), SigLipLoss()(x, y, t, b))
+torch.testing.assert_close(sigmoid_loss_inline(x, y, t, b, z_siglip), SigmoidLoss()(x, y, t, b))
+torch.testing.assert_close(sigmoid_loss_inline(x, y, t, b, z_ignore), SigmoidLoss(matches="ignore")(x, y, t, b, *keys))
+print(f"{int(others.sum())} of {others.numel() - 8} off-diagonal pairs are captions true of another image; loss "
+      f"SigLIP {SigLipLoss()(x, y, t, b):.3f}, with them left out {sigmoid_loss_inline(x, y, t, b, z_ignore):.3f}")
+
+# %% [markdown]
+# Across GPUs SigLIP needs no gather of the whole batch: each rank scores its images against its own texts, then
+# passes its text embeddings around a ring and scores the neighbours' (open_clip's exchange, reused by
+# `losses/siglip.py`; `tests/test_siglip.py` checks two gloo processes against one).
+#
+# ## 3. The teacher: a tiny SigLIP trained here
+#
+# Image tower: the `tiny` preset's trunk (a timm ViT in SigLIP's layout: 64 px images, 8 px patches -> an 8 x 8
+# grid, 6 blocks of width 128, a MAP pooling head), exactly as the tokenizer builds it, so the tokenizer starts
+# from it as the paper's starts from SigLIP. Text tower: open_clip's `TextTransformer`, small and bidirectional,
+# its outputs averaged over the caption's words. `python -m dualtoken_lite teacher` trains both on the captions
+# (recipe and figures in the card, `data/teacher/teacher.json`); the default path loads the shipped weights.
+#
+# Each step's texts are one caption per image plus the 23 one-attribute prompts ("a star", "a picture of a red
+# shape", ...). A caption that is also true of another image of the batch is left out of that image's loss
+# (`positives="ignore"`); the prompts are decided by the keys alone, a positive for every image they are true of.
+# Without the prompts (`python -m dualtoken_lite teacher --prompts false --out RUN`, its card: 20 min, 2 threads) the
+# same recipe reached 64 % zero-shot shape and stalled there while its loss kept falling, though a supervised probe
+# on its embedding read 88 %: the image side had learned shape, the text side could not name it from partial
+# captions alone.
+
+# %%
+if FULL:
+    import subprocess
+    import sys
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="dtl03_")
+    subprocess.run([sys.executable, "-m", "dualtoken_lite", "teacher", "--out", folder], check=True)
+else:
+    folder = TEACHER_DIR
+teacher = load_teacher(folder)  # frozen, eval mode
+card = read_card(folder)
+n_image = sum(p.numel() for p in teacher.trunk.parameters())
+n_text = sum(p.numel() for p in teacher.text.parameters())
+print(f"teacher from {folder}: image tower {n_image:,} parameters, text tower {n_text:,}; "
+      f"t = {teacher.logit_scale.exp().item():.1f}, b = {teacher.logit_bias.item():.2f}; trained in {card['train_minutes']} min")
+
+# %% [markdown]
+# ## 4. Zero-shot classification
+#
+# A classifier from text alone, as CLIP and SigLIP are measured: for each attribute, every value's name goes into a
+# few prompt templates (the caption wordings, naming that attribute alone: "a red shape", "a picture of a red
+# shape", "there is a red shape"); the text tower embeds them; a class is the renormalised mean of its prompts'
+# unit embeddings; an image takes the class its embedding is most similar to. Built inline for colour, checked
+# against the package (which uses open_clip's `build_zero_shot_classifier`, also what the paper-scale evaluation
+# uses), then every attribute on eval images 0-511, beside a **supervised** probe on the same embedding (multinomial
+# logistic regression trained on 4,096 training images): what the embedding holds, with labels. Where the probe
+# itself falls short, the attribute is ambiguous at 64 px (a striped paint's hue bin, a faint wavy background).
+
+# %%
+def zero_shot_inline(model, names, templates):
+    """(E, K) classifier: per class, the renormalised mean of its prompts' unit text embeddings."""
+    with torch.no_grad():
+        columns = [F.normalize(model.encode_text(VOCABULARY([tpl(n) for tpl in templates]), normalize=True).mean(0),
+                           dim=-1) for n in names]
+    return torch.stack(columns, dim=1)
+
+
+colour_templates = [lambda w, f=f: one_attribute_caption("colour", w, f) for f in (0, 1, 2)]
+print([tpl("red") for tpl in colour_templates])
+inline = zero_shot_inline(teacher, CLASSIFIED["colour"], colour_templates)
+heads = attribute_heads(teacher)
+torch.testing.assert_close(inline, heads["colour"].classifier, atol=1e-5, rtol=1e-4)
 
 with torch.no_grad():
-    hidden, pooled = run_tower_inline(trunk, x_eval[:8])
-    taps, pooled_pkg = tapped_forward(tower, x_eval[:8], [2, 5])
-print("image", tuple(x_eval[:8].shape), "-> tokens", tuple(hidden[0].shape), f"-> {len(hidden) - 1} blocks",
-      "-> pooled", tuple(pooled.shape))
-torch.testing.assert_close(pooled, trunk(x_eval[:8]))  # block by block == the tower's own forward
-torch.testing.assert_close(hidden[2], taps[2])  # ... == the package's tapping path
-torch.testing.assert_close(pooled, pooled_pkg)
+    pooled = teacher.encode_image(to_tensor(images))  # (B, E)
+labels = attribute_labels(metas)
+zero_shot = attribute_accuracy(pooled, labels, heads)
+train_images, train_metas = make_samples(0, 4096, "train")
+with torch.no_grad():
+    train_pooled = torch.cat([teacher.encode_image(to_tensor(train_images[i:i + 512])) for i in range(0, 4096, 512)])
+train_labels = attribute_labels(train_metas)
+probe = {a: attribute_probe(train_pooled, train_labels[a], pooled, labels[a], len(CLASSIFIED[a])) for a in CLASSIFIED}
+for a in CLASSIFIED:
+    print(f"{a:10s} zero-shot {zero_shot[a]:6.1%}   supervised probe {probe[a]:6.1%}   chance "
+          f"{1 / len(CLASSIFIED[a]):5.1%}")
+    assert abs(zero_shot[a] - card["figures"]["zero_shot"][a]) <= 2 / N_EVAL  # the card's figure, same images
+    figures.check(f"{BUDGET}/zero_shot_{a}", zero_shot[a], tol=0.005 if not FULL else 0.03)
+    figures.check(f"{BUDGET}/probe_{a}", probe[a], tol=0.01 if not FULL else 0.03)
 
 # %% [markdown]
-# ## 3. What does each layer keep? Two linear probes
-# For every layer l = 0 (the embedding) .. 6 we collect the hidden state of the frozen teacher and fit two
-# **linear** read-outs by ridge regression on the training images, then score them on held-out images:
+# Zero-shot reads what the supervised probe reads, within a point on shape (95.9 % against 95.7 %), colour
+# (96.7 / 96.9 %) and background (86.1 / 86.3 %): the text tower names what the image tower holds. Fill is the
+# exception that proves the probe's use: zero-shot 37.1 % is the majority share ("solid", 190 of 512 images) and
+# the probe does no better (35.2 %), so the embedding holds no fill at all; this tower did not learn the paint's
+# texture, which is faint (its second tone stays within 0.35 of the first per channel, halved by the light paint).
 #
-# * **pixels**: from each token (C = 128 numbers), predict its own 8 x 8 x 3 patch; reported as PSNR of the
-#   re-assembled image (pixels in [0, 1]);
-# * **class**: from the mean over tokens, predict the one-hot class; reported as accuracy. As a baseline, the
-#   same read-out from all 12,288 raw pixel values of the image.
+# ## 5. What does each block keep? Colour and shape, new teacher and old
 #
-# Ridge regression has a closed form, $W = (X^\top X + \lambda I)^{-1} X^\top Y = X^\top (X X^\top + \lambda I)^{-1} Y$
-# (with a bias column; the second form is cheaper when there are more features than samples, as for raw pixels),
-# so each probe is one linear solve.
+# A ViT embeds each 8 x 8 patch as a token, then applies L pre-norm blocks $x \leftarrow x + \mathrm{Attn}(\mathrm{LN}
+# \,x)$, $x \leftarrow x + \mathrm{MLP}(\mathrm{LN}\,x)$ to the (B, N, C) sequence; a final LayerNorm and the MAP
+# head pool it into one embedding. Run block by block (and checked against the tower's own forward and the
+# package's tapping path), every hidden state can be probed:
+#
+# * **colour**: from each token, a ridge regression to its own 8 x 8 RGB patch; the chroma PSNR (Cb, Cr, BT.601)
+#   of the re-assembled images. An 8 x 8 thumbnail, one colour per token, has 35.2 dB: a block above that keeps
+#   more than each patch's mean colour;
+# * **shape**: from the mean token, a ridge regression to the one-hot shape class; its accuracy.
+#
+# Beside the new teacher: the tiny world's previous teacher, the same trunk trained as an 8-way shape classifier
+# (now in `data/unified/shape_classifier/`, where it judges the unified models). It learned that colour does not
+# matter, and its blocks threw colour away (docs/tiny_recipe.md §3).
 
 # %%
-def ridge_fit(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-3) -> torch.Tensor:
-    """W minimising ||[x 1] W - y||^2 + lam * mean(diag) * ||W||^2: x (M, F), y (M, T) -> (F + 1, T)."""
-    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).double()
-    reg = lam * x.pow(2).sum() / x.shape[1]  # lam x the mean diagonal of x^T x
-    if x.shape[1] <= x.shape[0]:  # primal: an (F+1) x (F+1) solve
-        return torch.linalg.solve(x.T @ x + reg * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y.double()).float()
-    dual = torch.linalg.solve(x @ x.T + reg * torch.eye(len(x), dtype=x.dtype), y.double())  # (M, T)
-    return (x.T @ dual).float()
+def run_tower_inline(trunk, x):
+    """embed -> blocks 1..L -> final norm -> MAP head; returns the L + 1 hidden states and the pooled embedding."""
+    h = trunk.patch_embed(x) + trunk.pos_embed  # (B, N, C): patch tokens + position embeddings
+    hidden = [h]  # hidden[l] = state after block l (hidden[0]: after the embedding)
+    for block in trunk.blocks:
+        h = h + block.attn(block.norm1(h))  # pre-norm attention residual
+        h = h + block.mlp(block.norm2(h))  # pre-norm MLP residual
+        hidden.append(h)
+    return hidden, trunk.attn_pool(trunk.norm(h))  # (B, C)
 
 
-def ridge_apply(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, torch.ones(len(x), 1)], dim=1) @ w
+cfg = model_preset("tiny")
+tower = VisionTower(cfg.backbone, trunk=teacher.trunk)
+x8 = to_tensor(images[:8])
+with torch.no_grad():
+    hidden, pooled8 = run_tower_inline(teacher.trunk, x8)
+    taps, pooled_pkg = tapped_forward(tower, x8, [2, 5])
+torch.testing.assert_close(pooled8, teacher.encode_image(x8))  # block by block == the tower's own forward
+torch.testing.assert_close(hidden[2], taps[2])  # ... == the package's tapping path
+torch.testing.assert_close(pooled8, pooled_pkg)
 
 
-def patches(images: torch.Tensor, p: int = 8) -> torch.Tensor:
-    """(B, 3, h, w) in [-1, 1] -> (B, N, p*p*3) in [0, 1], raster order like the tokens."""
-    return F.unfold(images * 0.5 + 0.5, kernel_size=p, stride=p).transpose(1, 2)
+def ridge_fit(x, y, lam=1e-3):
+    """W minimising ||[x 1] W - y||^2 + lam * mean(diag X^T X) ||W||^2: x (M, F), y (M, T) -> (F + 1, T)."""
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
+    gram = x.T @ x
+    return torch.linalg.solve(gram + lam * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype),
+                              x.T @ y.double()).float()
 
 
-@torch.no_grad()
-def hidden_states(images: torch.Tensor, batch: int = 256) -> list[torch.Tensor]:
-    """The teacher's L + 1 hidden states (B, N, C) for many images."""
-    parts = [run_tower_inline(trunk, images[i : i + batch])[0] for i in range(0, len(images), batch)]
-    return [torch.cat(layer) for layer in zip(*parts)]
+def ridge_apply(w, x):
+    return torch.cat([x, torch.ones(*x.shape[:-1], 1)], dim=-1) @ w
 
 
-h_train, h_eval = hidden_states(x_train), hidden_states(x_eval)
-t_train, t_eval = patches(x_train), patches(x_eval)  # (B, N, 192) pixel targets
-print("hidden states per layer:", tuple(h_train[0].shape), "| pixel targets:", tuple(t_train.shape))
-
-# %%
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean PSNR over images, pixels in [0, 1]."""
-    mse = (pred.clamp(0, 1) - target).pow(2).flatten(1).mean(1)
+def chroma_db(pred, target):
+    """Mean chroma PSNR (dB) of images (B, 3, h, w) in [-1, 1]: (dCb^2 + dCr^2) / 2 on [0, 1] RGB (BT.601)."""
+    def cbcr(im):
+        r, g_, b_ = (im * 0.5 + 0.5).unbind(1)
+        luma = 0.299 * r + 0.587 * g_ + 0.114 * b_
+        return torch.stack([0.564 * (b_ - luma), 0.713 * (r - luma)], 1)
+    mse = (cbcr(pred.clamp(-1, 1)) - cbcr(target)).double().pow(2).mean((1, 2, 3))
     return (10 * torch.log10(1 / mse)).mean().item()
 
 
-pixel_psnr, class_acc = [], []
-onehot = F.one_hot(y_train, len(CLASSES)).float()
-for ht, he in zip(h_train, h_eval):
-    w = ridge_fit(ht.flatten(0, 1), t_train.flatten(0, 1))  # one token -> its own patch
-    pixel_psnr.append(psnr(ridge_apply(w, he.flatten(0, 1)).view_as(t_eval), t_eval))
-    w = ridge_fit(ht.mean(1), onehot)  # mean token -> class scores
-    class_acc.append((ridge_apply(w, he.mean(1)).argmax(-1) == y_eval).float().mean().item())
-raw = ridge_fit(x_train.flatten(1), onehot)  # baseline: all raw pixels -> class
-raw_acc = (ridge_apply(raw, x_eval.flatten(1)).argmax(-1) == y_eval).float().mean().item()
-raw_train_acc = (ridge_apply(raw, x_train.flatten(1)).argmax(-1) == y_train).float().mean().item()  # see below
-for layer, (p, a) in enumerate(zip(pixel_psnr, class_acc)):
-    print(f"layer {layer}: pixel probe {p:5.2f} dB   class probe {a:6.1%}")
-print(f"raw pixels -> class: {raw_acc:.1%}; the teacher's own head: {teacher_acc:.1%}")
-for layer in (0, 2, 6):  # frozen teacher, seeded data: tolerances cover thread-count float noise only
-    figures.check(f"{BUDGET}/pixel_probe_psnr_layer{layer}", pixel_psnr[layer], tol=0.05)
-for layer in (0, 2, 5):
-    figures.check(f"{BUDGET}/class_probe_accuracy_layer{layer}", class_acc[layer], tol=0.01)
-figures.check(f"{BUDGET}/raw_pixel_probe_accuracy", raw_acc, tol=0.01)
-
-# %% [markdown]
-# The pixel probe degrades with every block while the class probe improves: this classification-trained tower,
-# read linearly and left frozen, keeps the patch's colours and texture in its shallow layers and trades them for
-# what the shape *is* in its deep ones. In this run (default budget: 1,024 training images, 256 held-out) the
-# pixel probe falls from 32.9 dB on the embedding to 25.4 dB after block 2 and 23.1 dB after block 6; the class
-# probe climbs from 21.5 % on the embedding to 74.2 % after block 2 and 85.5 % after block 5, while the same probe on
-# all raw pixels gets 21.9 % (chance 12.5 %) and the teacher's own head 97.7 %. With the full budget (4,096 and
-# 1,024 images): 33.0 -> 25.4 -> 23.1 dB, class 18.8 % -> 77.1 % -> 88.3 %, raw pixels
-# 19.0 %, teacher 98.3 %.
-#
-# **This is not DualToken's premise.** A frozen tower's linear read-out says what is *easy* to read off a layer,
-# not what a layer can be *trained* to give: in the paper, a deep layer trained for reconstruction alone reaches
-# 27.9 dB, against 28.1 dB from the shallow layer (docs/method.md §1). The premise is the conflict of the two
-# objectives in **one codebook**: one layer and one codebook trained for both reconstruction and semantics get
-# 12.6 dB and 72.3 % zero-shot in the paper, against 28.7 dB and 82.0 % with a codebook (and a layer) for each.
-# What the probes do show is where, in a frozen tower, each objective finds its features most directly: that is
-# how DualToken places its two taps once each objective has its own codebook. The tiny preset taps the patch
-# embedding (layer 0) for pixels and block 5 of 6 for semantics; the paper taps block 6 (+ 0.6 x block 4) and 26
-# of 27. Why not a block for pixels here: this teacher learned to ignore colour, and from its blocks the decoder
-# never learns it back (docs/tiny_recipe.md); SigLIP keeps colour in its early blocks.
-#
-# **Why the raw-pixel baseline here is not README's 31.5 %.** Both are linear ridge probes from raw pixels to
-# the class, but with different settings. This notebook uses one fixed, weak ridge strength for every input
-# (lambda = 1e-3 of the mean diagonal of $X^\top X$, chosen for the 128-wide hidden states) and trains on 1,024
-# (default) or 4,096 (full) images. With 12,288 raw-pixel features and at most 4,096 images, that ridge fits the
-# training images almost perfectly (100 % training accuracy in this run) and generalises poorly.
-# README's figure is the teacher card's probe (`pixel_probe_accuracy` in `tools/teacher.py`): pixels
-# centred, 2,048 training images, the ridge strength picked on 1,024 validation images (it picks 10 x the
-# mean diagonal of the 2,048 x 2,048 Gram matrix $X X^\top$, where this notebook adds 1e-3 x the mean diagonal of
-# the 12,289 x 12,289 $X^\top X$), scored on all 1,024 held-out images. The next cell runs that probe on this
-# notebook's held-out images: 30.5 % here (full budget, all 1,024 images: 31.5 %, the teacher
-# card's figure). Against the tuned baseline the embedding's class probe is worse than raw pixels, and blocks
-# 1-6 are still far better.
+x_train, x_eval = to_tensor(train_images[:N_TRAIN]), to_tensor(images)
+patches_train = F.unfold(x_train, 8, stride=8).transpose(1, 2)  # (B, N, 192): each token's own RGB patch
+shape_train = F.one_hot(torch.as_tensor(train_labels["shape"][:N_TRAIN]), 8).float()
+old_trunk, old_head = load_shape_classifier()
+towers = {"tiny SigLIP": teacher.trunk, "shape classifier": old_trunk}
+colour, shape = {}, {}
+for name, trunk in towers.items():
+    with torch.no_grad():
+        h_train, h_eval = hidden_states(trunk, x_train), hidden_states(trunk, x_eval)
+    colour[name], shape[name] = [], []
+    for ht, he in zip(h_train, h_eval):
+        w = ridge_fit(ht.flatten(0, 1), patches_train.flatten(0, 1))  # one token -> its own patch
+        recon = F.fold(ridge_apply(w, he).transpose(1, 2), 64, 8, stride=8)  # (B, 3, 64, 64)
+        colour[name].append(chroma_db(recon, x_eval))
+        w = ridge_fit(ht.mean(1), shape_train)  # mean token -> shape scores
+        shape[name].append((ridge_apply(w, he.mean(1)).argmax(-1).numpy() == labels["shape"]).mean())
+    print(f"{name:17s} chroma (dB) " + " ".join(f"{v:5.2f}" for v in colour[name]))
+    print(f"{'':17s} shape       " + " ".join(f"{v:5.1%}" for v in shape[name]))
+library = patch_probe(teacher.trunk, x_train, x_eval, layers=[2])[2]["chroma"]
+assert abs(library - colour["tiny SigLIP"][2]) < 1e-3  # the library's probe (evaluation/probes.py) is this one
+for name, key in (("tiny SigLIP", "siglip"), ("shape classifier", "classifier")):
+    for layer in (0, 2, 6):
+        figures.check(f"{BUDGET}/chroma_{key}_layer{layer}", colour[name][layer], tol=0.05 if not FULL else 0.5)
+        figures.check(f"{BUDGET}/shape_probe_{key}_layer{layer}", shape[name][layer], tol=0.01 if not FULL else 0.05)
 
 # %%
-card = pixel_probe_accuracy(2048, eval_images[:N_EVAL], eval_labels[:N_EVAL])  # the teacher card's settings
-print(f"raw pixels -> class, teacher-card probe: ridge {card['ridge']:g} x mean diag, validation "
-      f"{card['val_accuracy']:.1%}, held-out {card['eval_accuracy']:.1%} on {N_EVAL} images; "
-      f"this notebook's fixed weak ridge: {raw_acc:.1%}")
-print(f"this notebook's raw-pixel probe on its own training images: {raw_train_acc:.1%}")
-figures.check(f"{BUDGET}/raw_pixel_probe_card_accuracy", card["eval_accuracy"], tol=0.01)
-figures.check(f"{BUDGET}/raw_pixel_probe_card_ridge", card["ridge"], tol=0)  # a choice from a grid, not a fit
-figures.check(f"{BUDGET}/raw_pixel_probe_train_accuracy", raw_train_acc, tol=0.01)
-assert raw_train_acc > 0.95 and card["eval_accuracy"] > raw_acc + 0.05  # weak ridge: fits train, fails held-out
-assert class_acc[0] < card["eval_accuracy"] and min(class_acc[1:]) > card["eval_accuracy"] + 0.2
-
-# %%
-fig, ax1 = plt.subplots(figsize=(6.5, 3.5))
-layers = range(len(pixel_psnr))
-ax1.plot(layers, pixel_psnr, "o-", color="tab:blue", label="pixel probe (PSNR, dB)")
-ax1.set_xlabel("layer (0 = embedding)")
-ax1.set_ylabel("PSNR (dB)", color="tab:blue")
-ax2 = ax1.twinx()
-ax2.plot(layers, class_acc, "s-", color="tab:red", label="class probe (accuracy)")
-ax2.axhline(raw_acc, color="tab:red", ls=":", lw=1, label="raw pixels -> class")
-ax2.axhline(card["eval_accuracy"], color="tab:red", ls="--", lw=1, label="raw pixels, tuned ridge (teacher card)")
-ax2.set_ylabel("accuracy", color="tab:red")
-for layer, name in ((cfg.pixel_layer, "pixel tap"), (cfg.semantic_layer, "semantic tap")):
-    ax1.axvline(layer, color="grey", ls="--", lw=1)
-    ax1.text(layer, 1.01, name, color="grey", ha="center", va="bottom", transform=ax1.get_xaxis_transform())
-fig.legend(loc="lower center", ncol=2, fontsize=8)  # below the axes, clear of the curves
-fig.subplots_adjust(bottom=0.3, top=0.88, right=0.87)
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.4))
+for name, style in (("tiny SigLIP", "o-"), ("shape classifier", "s--")):
+    ax1.plot(range(7), colour[name], style, label=name)
+    ax2.plot(range(7), shape[name], style, label=name)
+ax1.axhline(35.18, color="grey", ls=":", lw=1, label="8 x 8 thumbnail")
+ax1.set(xlabel="layer (0 = patch embedding)", ylabel="chroma PSNR (dB)", title="colour kept per token")
+ax2.set(xlabel="layer (0 = patch embedding)", ylabel="accuracy", title="shape from the mean token")
+ax1.legend(fontsize=8)
+ax2.legend(fontsize=8)
+plt.tight_layout()
 plt.show()
-assert all(a > b for a, b in zip(pixel_psnr, pixel_psnr[1:]))  # pixel detail falls with every block
-assert pixel_psnr[cfg.pixel_layer] > pixel_psnr[-1] + 1.0  # the pixel tap reconstructs clearly better
-assert class_acc[0] < 0.3 and raw_acc < 0.3 and all(a > 0.8 for a in class_acc[3:])  # class: late, then flat
-assert teacher_acc > 0.95
+assert colour["tiny SigLIP"][2] > colour["shape classifier"][2] + 1.0  # language keeps colour in the blocks
 
 # %% [markdown]
-# ## 4. The two branches: squeezing the width to a code
+# Language keeps colour. The tiny SigLIP's tokens hold more of it at every depth: 35.2 dB of chroma after block 2,
+# the 8 x 8 thumbnail's level, against the shape classifier's 30.6 dB, and still 32.8 dB after block 6 against
+# 28.6 dB: its captions name colours, so colour is worth keeping. The classifier's blocks, asked only for
+# the class, gathered shape into the mean token faster (72.3 % after block 2 against 44.3 %, 85.9 % against 72.5 %
+# after block 6, with this probe); the tiny SigLIP gathers it in its MAP head instead, whose pooled embedding gave
+# 95.7 % above. For DualToken this is the paper's premise: a tower trained against text keeps both what a thing
+# is and what it looks like, so one tower can serve both codebooks.
+#
+# ## 6. The two branches: squeezing the width to a code
 # Each tap is squeezed from C to the code dim d by a pre-quant `AttnProjection` (docs/method.md §2):
 #
 # $$y = W_{lin}\,\mathrm{LN}_a(x) + \mathrm{Attn}(\mathrm{LN}_b(x)), \qquad y \leftarrow y + \mathrm{GeGLU}(\mathrm{LN}_c(y)),$$
@@ -293,34 +382,33 @@ print(f"layer {cfg.pixel_layer}", tuple(tap.shape), "-> pixel_proj ->", tuple(z.
 with torch.device("meta"):
     paper_proj = AttnProjection(1152, 32, head_dim=32)
 n_paper = sum(p.numel() for p in paper_proj.parameters())
-print(f"at paper scale (1152 -> 32, 36 heads): {n_paper:,} parameters, of which the qkv matrix "
-      f"{1152 * 3 * 1152:,}")
+print(f"at paper scale (1152 -> 32, 36 heads): {n_paper:,} parameters, of which the qkv matrix {1152 * 3 * 1152:,}")
 assert n_paper == 4_032_608  # the released model's count (docs/method.md §2)
 
 # %% [markdown]
 # The second LayerNorm inside the GeGLU (after `norm_mlp`) is redundant as computation, but it is in the
 # released model, and without it the count is 64 short of the released 4,032,608.
 #
-# ## 5. The semantic re-entry
+# ## 7. The semantic re-entry
 # After block 5 the semantic branch quantizes its tap and widens the codes back to C with a causal post-quant
 # projection, and that **replaces** the hidden state: block 6, the final norm and the MAP head then run on it.
-# The pooled embedding is therefore a function of the semantic codes alone, and the frozen teacher (docs/method.md §3)
-# supplies the targets: its own block-5 state and its own pooled embedding. If the replacement were perfect,
+# The pooled embedding is therefore a function of the semantic codes alone, and the frozen teacher (docs/method.md
+# §3) supplies the targets: its own block-5 state and its own pooled embedding. If the replacement were perfect,
 # the rest of the tower would see exactly what it saw before:
 
 # %%
 with torch.no_grad():
     rest = tower.pool(tower.run_blocks(taps[5], 6, 6))  # block 6 + norm + MAP head on the teacher's block-5 state
-torch.testing.assert_close(rest, trunk(x_eval[:8]))
+torch.testing.assert_close(rest, teacher.encode_image(x8))
 
 # %% [markdown]
-# Before training it is far from perfect. We build the tokenizer on the teacher's weights (`pretrained` takes the
-# teacher's file), let one batch initialise the codebooks from data, and read the teacher's class head off
-# the pooled embedding that now passes through the untrained projections and codebooks.
+# Before training it is far from perfect. We build the tokenizer on the teacher's image tower (`pretrained` takes
+# the teacher's file), let one batch initialise the codebooks from data, and classify zero-shot from the pooled
+# embedding that now passes through the untrained projections and codebooks.
 
 # %%
 cfg_t = model_preset("tiny")
-cfg_t.backbone.pretrained = str(Path(TEACHER_DIR) / "teacher.safetensors")
+cfg_t.backbone.pretrained = str(TEACHER_DIR / "teacher.safetensors") if not FULL else f"{folder}/teacher.safetensors"
 model = DualToken(cfg_t).train()
 with torch.no_grad():
     model(x_train[:256])  # accumulate codebook statistics from data
@@ -328,16 +416,16 @@ model.update_codebooks()  # step 1: every code initialised from a data vector
 model.eval()
 with torch.no_grad():
     out = model(x_eval)
-    acc_through_codes = (head(out.pooled).argmax(-1) == y_eval).float().mean().item()
-print(f"teacher head on the teacher's embedding: {teacher_acc:.1%}; "
-      f"on the untrained quantized path: {acc_through_codes:.1%} (chance {1 / len(CLASSES):.1%})")
+through_codes = attribute_accuracy(out.pooled, labels, heads)
+print("zero-shot through the untrained codes: " + ", ".join(f"{a} {v:.1%}" for a, v in through_codes.items()))
 print("codes per image: pixel", tuple(out.pixel_codes.shape[1:]), "+ semantic", tuple(out.semantic_codes.shape[1:]))
-assert acc_through_codes < 0.4 and acc_through_codes < teacher_acc - 0.3
-figures.check(f"{BUDGET}/accuracy_through_untrained_codes", acc_through_codes, tol=0.03)  # seeded codebook init
+assert through_codes["shape"] < zero_shot["shape"] - 0.3
+for a in ("shape", "colour"):  # seeded codebook init
+    figures.check(f"{BUDGET}/{a}_through_untrained_codes", through_codes[a], tol=0.03)
 
 # %% [markdown]
-# In this run: 11.7 % through the untrained quantized path against the teacher's 97.7 % (full budget:
-# 12.6 % against 98.3 %).
+# Through untrained codes the embedding is lost: shape 12.7 % (chance 12.5 %), colour 5.7 %, fill and background
+# at or below their majority shares.
 # Closing that gap is the semantic loss's job; keeping the pixels is the reconstruction loss's. Each loss only
 # reaches the blocks below its tap: a backward pass shows which blocks receive gradient from which.
 
@@ -350,9 +438,9 @@ def blocks_reached(loss) -> list[int]:
 
 
 model.train()
-recon = blocks_reached(model(x_eval[:8]).reconstruction.pow(2).mean())
-sem = blocks_reached((model(x_eval[:8]).semantic_features - taps[5]).pow(2).mean())
-pool = blocks_reached((model(x_eval[:8]).pooled - trunk(x_eval[:8])).pow(2).mean())
+recon = blocks_reached(model(x8).reconstruction.pow(2).mean())
+sem = blocks_reached((model(x8).semantic_features - taps[5]).pow(2).mean())
+pool = blocks_reached((model(x8).pooled - teacher.encode_image(x8)).pow(2).mean())
 print(f"reconstruction reaches blocks {recon}; block-5 distillation {sem}; pooled distillation {pool}")
 # the tiny preset's pixel branch reads the patch embedding (layer 0): reconstruction trains no block at all
 assert recon == list(range(1, model.cfg.pixel_layer + 1)) and sem == [1, 2, 3, 4, 5] and pool == [1, 2, 3, 4, 5, 6]

@@ -52,7 +52,7 @@ from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import from_lm_sequence, to_lm_sequence
 from dualtoken_lite.notebook_runtime import Figures, start
 from dualtoken_lite.tinyworld.drawing import CLASSES, make_batch, to_tensor
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.unified import generator_training, reader_training
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_offsets
 from dualtoken_lite.unified.judge import Judge, held_out_images
@@ -66,7 +66,7 @@ FULL = start(0)  # seeds torch, uses cores - 1 threads; True under DUALTOKEN_LIT
 figures = Figures("07_unified_model")
 RESULTS = json.loads((UNIFIED_DIR / "results.json").read_text())  # what the trainers measured (1,024 samples)
 work = Path(tempfile.mkdtemp(prefix="dtl07_"))
-tokenizer = DualToken.from_pretrained(TOKENIZER_DIR).eval()
+tokenizer = DualToken.from_pretrained(UNIFIED_TOKENIZER_DIR).eval()
 if FULL:  # retrain every model with the trainers' defaults, as docs/unified_model.md's commands do
     runs = work / "runs"
     for seed in (0, 1):
@@ -102,7 +102,7 @@ print({name: str(folder) for name, folder in model_dirs.items()})
 # `model.encode`.
 
 # %%
-held = load_or_encode(tokenizer, TOKENIZER_DIR, "eval", 0, 1024, work / "cache", progress=False)
+held = load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "eval", 0, 1024, work / "cache", progress=False)
 stacks = held.stacks()  # (M, 64, 12) layout ids per position
 images, labels = make_batch(0, 4, "eval")
 with torch.no_grad():

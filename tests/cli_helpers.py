@@ -13,7 +13,7 @@ from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.quantizers.residual import QuantizerConfig
 from dualtoken_lite.tinyworld.drawing import make_batch
-from dualtoken_lite.tinyworld.shards import encode_png
+from dualtoken_lite.tinyworld.shards import encode_png, sample_key
 
 
 def small_model(kind: str = "dual", seed: int = 0) -> DualToken:
@@ -57,9 +57,9 @@ def image_folder(root: Path, count: int = 6) -> Path:
 
 
 def shard(path: Path, count: int = 6) -> Path:
-    """A plain WebDataset shard of count labelled PNG samples."""
+    """A plain WebDataset shard of count labelled PNG samples, named as the tiny world's eval samples 0.. are."""
     images, labels = tiny_images(count)
     with wds.TarWriter(str(path)) as sink:
         for i, (image, label) in enumerate(zip(images, labels)):
-            sink.write({"__key__": f"s{i:04d}", "png": encode_png(image), "cls": str(int(label)).encode()})
+            sink.write({"__key__": sample_key("eval", i), "png": encode_png(image), "cls": str(int(label)).encode()})
     return path

@@ -11,9 +11,9 @@ import torch
 import webdataset as wds
 
 from dualtoken_lite.settings import ConfigError, to_dict
-from dualtoken_lite.tinyworld.drawing import CLASSES, make_sample
-from dualtoken_lite.tinyworld.shards import encode_png
-from dualtoken_lite.tinyworld.teacher import Teacher
+from dualtoken_lite.tinyworld.drawing import make_sample
+from dualtoken_lite.tinyworld.shards import encode_png, sample_key
+from dualtoken_lite.tinyworld.teacher import TinySigLIP, save_teacher, teacher_fingerprint
 from dualtoken_lite.tools.ablation import (
     PAIRS,
     PAPER,
@@ -29,7 +29,6 @@ from dualtoken_lite.tools.ablation import (
     run_args,
     summarise,
 )
-from dualtoken_lite.tools.teacher import save_teacher
 from dualtoken_lite.training import loop
 from dualtoken_lite.training.arguments import parse_args
 from dualtoken_lite.training.config import TrainConfig
@@ -129,7 +128,7 @@ def _shard(path: Path, split: str, n: int) -> str:
     with wds.TarWriter(str(path)) as sink:
         for i in range(n):
             image, meta = make_sample(i, split)
-            sink.write({"__key__": f"{split}-{i:05d}", "png": encode_png(image), "cls": str(meta["label"]).encode()})
+            sink.write({"__key__": sample_key(split, i), "png": encode_png(image), "cls": str(meta["label"]).encode()})
     return str(path)
 
 
@@ -139,7 +138,7 @@ class Interrupted(Exception):
 
 def test_a_killed_ablation_continues_its_run_and_writes_the_table_when_all_are_done(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    save_teacher(Teacher(), {"classes": list(CLASSES), "backbone": Teacher().backbone.__dict__}, str(tmp_path / "t"))
+    save_teacher(TinySigLIP(), {}, tmp_path / "t")  # a random tiny SigLIP: zero-shot is measured, near chance
     extra = [*FAST, "--train-data", _shard(tmp_path / "train.tar", "train", 16),
              "--eval-data", _shard(tmp_path / "eval.tar", "eval", 8), "--teacher", str(tmp_path / "t")]
     out, real_run, first_steps = tmp_path / "out", loop.run, []
@@ -175,6 +174,8 @@ def test_a_killed_ablation_continues_its_run_and_writes_the_table_when_all_are_d
             run_dir = out / key / f"seed{seed}"
             assert json.loads((run_dir / "summary.json").read_text())["step"] == 4
             assert json.loads((run_dir / "ablation_seconds.json").read_text())["seconds"] > 0
+            record_file = json.loads((run_dir / "teacher.json").read_text())  # every run records its teacher
+            assert record_file["fingerprint"] == teacher_fingerprint(tmp_path / "t")
     assert [(p["from"], p["to"]) for p in record["pairs"]] == [("dual_nosem", "dual")]
     assert record["variants"]["dual"]["psnr"]["values"] != record["variants"]["dual_nosem"]["psnr"]["values"]
     # a changed budget is a different run: retrained, not reused

@@ -6,9 +6,9 @@ import torch
 
 from dualtoken_lite import tinyworld as tw
 from dualtoken_lite.tinyworld import captions as C
+from dualtoken_lite.tinyworld.caption_batches import dihedral
 from dualtoken_lite.tinyworld.drawing import mask_centroid
 from dualtoken_lite.tinyworld.vocabulary import CONTEXT_LENGTH, END, PAD, UNK, VOCABULARY, Vocabulary
-from dualtoken_lite.tools.teacher import dihedral
 
 
 @pytest.mark.parametrize("split", sorted(tw.SPLITS))

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from dualtoken_lite.quantizers.codebook import Codebook, draw_restart_vectors, laplace_smoothing, nearest_code
+from dualtoken_lite.quantizers.codebook import (
+    Codebook,
+    distance_table,
+    draw_restart_vectors,
+    grouped_argmin,
+    laplace_smoothing,
+    nearest_code,
+)
 
 
 def brute_force_distances(x, embed, cosine=False):
@@ -25,6 +32,90 @@ def test_lookup_equals_brute_force_argmin(chunk_size, cosine, dim):
     chosen = dist.gather(1, codes[:, None]).squeeze(1)
     torch.testing.assert_close(chosen, dist.min(1).values, rtol=0, atol=1e-5)  # ties may pick either code
     assert (codes == dist.argmin(1)).float().mean() > 0.99
+
+
+def plain_fp32_codes(x, embed, chunk=2048):
+    """The lookup written plainly: argmin of ||e||^2 - 2 x . e from a separate fp32 matmul and Tensor.argmin."""
+    e_sq = embed.pow(2).sum(1)
+    return torch.cat([(e_sq - 2 * x[s : s + chunk] @ embed.t()).argmin(1) for s in range(0, len(x), chunk)])
+
+
+def float64_codes(x, embed, chunk=2048):
+    """Nearest code by a float64 lookup, and each row's gap between its best and second-best distance."""
+    codes, gaps = [], []
+    x, embed = x.double(), embed.double()
+    for start in range(0, len(x), chunk):
+        rows = x[start : start + chunk]
+        dist = rows.pow(2).sum(1, keepdim=True) + embed.pow(2).sum(1) - 2 * rows @ embed.t()  # (n, K)
+        two = dist.topk(2, dim=1, largest=False)
+        codes.append(two.indices[:, 0])
+        gaps.append(two.values[:, 1] - two.values[:, 0])
+    return torch.cat(codes), torch.cat(gaps)
+
+
+def assert_lookup_is_exact(x, embed, chunk_size=128):
+    """At most 1 code in 10,000 differs from the plain fp32 lookup's; where one differs from the float64 lookup's,
+    the two codes' distances are closer than fp32 can resolve (||e||^2 - 2 x . e rounds at ~1e-7 of its terms)."""
+    codes = nearest_code(x, embed, chunk_size=chunk_size)
+    differ = codes != plain_fp32_codes(x, embed)
+    assert differ.float().mean() <= 1e-4, f"{int(differ.sum())} of {len(x)} codes differ from the fp32 lookup's"
+    exact, gaps = float64_codes(x, embed)
+    scale = x.double().pow(2).sum(1) + embed.double().pow(2).sum(1).max()  # the size of the summed terms
+    off = codes != exact
+    assert (gaps[off] <= 1e-5 * scale[off]).all(), "a code differs from the float64 lookup's at a clear gap"
+
+
+@pytest.mark.parametrize("size", [16, 300, 1000, 4096])  # below one group, padded to whole groups, whole groups
+def test_grouped_argmin_equals_argmin_ties_included(size):
+    g = torch.Generator().manual_seed(size)
+    dist = torch.randint(0, 40, (257, size), generator=g).float()  # many exact ties: the first must win
+    dist[:, size // 2] = -1.0  # a row minimum in a late group ...
+    dist[:5, size - 1] = -1.0  # ... tied with a later column in some rows
+    assert torch.equal(grouped_argmin(dist), dist.argmin(-1))
+
+
+@pytest.mark.parametrize("size", [3, 256, 1000, 16384])
+def test_distance_table_gives_squared_distances_up_to_a_row_constant(size):
+    g = torch.Generator().manual_seed(size)
+    x, embed = torch.randn(64, 32, generator=g), torch.randn(size, 32, generator=g)
+    table = distance_table(embed)  # (33, K') padded with +inf columns
+    dist = torch.cat([x, torch.ones(64, 1)], 1) @ table
+    assert table.shape[1] % 256 == 0 or size <= 256
+    assert torch.isinf(dist[:, size:]).all()
+    want = brute_force_distances(x, embed) - x.double().pow(2).sum(1, keepdim=True)  # ||x||^2 is not in the table
+    torch.testing.assert_close(dist[:, :size].double(), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [1000, 16384])  # padded, and the paper's K
+def test_lookup_is_exact_on_random_data(size):
+    g = torch.Generator().manual_seed(1)
+    x, embed = torch.randn(20_000, 32, generator=g), torch.randn(size, 32, generator=g)
+    assert_lookup_is_exact(x, embed)
+
+
+def test_lookup_is_exact_on_clustered_data():
+    """Codes and rows packed around a few centres: many codes at nearly equal distances, the hard case for fp32."""
+    g = torch.Generator().manual_seed(2)
+    centres = torch.randn(32, 32, generator=g) * 4
+    embed = centres[torch.randint(32, (4096,), generator=g)] + 0.05 * torch.randn(4096, 32, generator=g)
+    x = centres[torch.randint(32, (20_000,), generator=g)] + 0.05 * torch.randn(20_000, 32, generator=g)
+    assert_lookup_is_exact(x, embed)
+
+
+def test_lookup_is_exact_on_tiny_world_residuals():
+    """Every depth's residuals of the shipped tokenizer's pixel quantizer on 256 held-out images, its own codebook."""
+    from dualtoken_lite import DualToken
+    from dualtoken_lite.tinyworld import ensure_tinyworld, load_split, to_tensor
+    from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+
+    model = DualToken.from_pretrained(TOKENIZER_DIR).eval()
+    images, _ = load_split(ensure_tinyworld(splits=("eval",))["eval"])
+    with torch.no_grad():
+        hidden = model.encoder.run_blocks(model.encoder.embed(to_tensor(images[:256])), 1, model.cfg.pixel_layer)
+        z = model.pixel_proj(hidden)  # (256, 64, 32): the pixel quantizer's input
+        quantizer = model.pixel_quantizer
+        _, _, residuals = quantizer.quantize(z.reshape(-1, quantizer.dim))  # (N, D, d), each depth's residual
+    assert_lookup_is_exact(residuals.reshape(-1, quantizer.dim), quantizer.codebooks[0].embed)
 
 
 def test_lookup_under_bf16_autocast_picks_fp32_codes():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -19,11 +18,16 @@ from dualtoken_lite.datasets.loader import build_loader
 from dualtoken_lite.evaluation import external as ext
 from dualtoken_lite.evaluation.loop import evaluate_codes
 from dualtoken_lite.evaluation.metrics import psnr, ssim
-from dualtoken_lite.model.config import BackboneConfig
-from dualtoken_lite.tinyworld.drawing import CLASSES
-from dualtoken_lite.tinyworld.teacher import Teacher
+from dualtoken_lite.evaluation.zero_shot import (
+    ZeroShotHead,
+    attribute_heads,
+    attribute_labels,
+    class_score,
+    tinyworld_score,
+)
+from dualtoken_lite.tinyworld.drawing import CLASSES, make_samples, to_tensor
+from dualtoken_lite.tinyworld.teacher import TinySigLIP, save_teacher
 from dualtoken_lite.tools import evaluate as ev
-from dualtoken_lite.tools.teacher import save_teacher
 
 
 class PooledColour(nn.Module):
@@ -64,11 +68,11 @@ def test_codes_path_equals_forward_path(tmp_path, kind, head_kind):
     model = small_model(kind)
     head = random_head(model)
     if head_kind == "zero_shot":
-        head = ext.ZeroShotHead(nn.functional.normalize(torch.randn(model.cfg.backbone.width, len(CLASSES)), dim=0))
+        head = ZeroShotHead(nn.functional.normalize(torch.randn(model.cfg.backbone.width, len(CLASSES)), dim=0))
     teacher = small_model("dual", seed=1).encoder.trunk  # any trunk with the same width serves as the reference
     data = shard(tmp_path / "eval.tar", count=10)
     loader = lambda: build_loader(str(data), 64, batch_size=4, train=False)  # noqa: E731
-    ours = evaluate_codes(model, loader(), max_images=9, head=head, teacher=teacher)
+    ours = evaluate_codes(model, loader(), max_images=9, semantic=class_score(head, "test", reference=teacher))
     batches = list(loader())
     x, y = torch.cat([b["image"] for b in batches])[:9], torch.cat([b["label"] for b in batches])[:9]
     theirs = forward_figures(model, x, y, head, teacher)
@@ -119,29 +123,61 @@ def test_zero_shot_refuses_clearly():
         ext.build_zero_shot_head("tiny", "webli", ["cat"])
 
 
+def random_teacher(folder) -> TinySigLIP:
+    torch.manual_seed(0)
+    teacher = TinySigLIP().eval()  # random: the code path is under test, not the teacher
+    save_teacher(teacher, {}, str(folder))
+    return teacher
+
+
+def test_tinyworld_zero_shot_through_the_codes_equals_the_forward_path(tmp_path):
+    model, teacher = small_model(), random_teacher(tmp_path / "t")
+    data = shard(tmp_path / "eval.tar", count=10)  # keys name tiny-world eval samples 0..9
+    ours = evaluate_codes(model, build_loader(str(data), 64, batch_size=4, train=False), max_images=9,
+                          semantic=tinyworld_score(teacher))
+    images, metas = make_samples(0, 9, "eval")
+    labels, heads = attribute_labels(metas), attribute_heads(teacher)
+    with torch.no_grad():
+        pooled, reference = model(to_tensor(images)).pooled, teacher.encode_image(to_tensor(images))
+    for name, head in heads.items():
+        assert ours["semantic"][name] == (head(pooled).argmax(-1).numpy() == labels[name]).mean()
+        assert ours["teacher_semantic"][name] == (head(reference).argmax(-1).numpy() == labels[name]).mean()
+    assert ours["semantic_accuracy"] == pytest.approx(np.mean(list(ours["semantic"].values())))
+    assert set(ours["semantic"]) == {"shape", "colour", "fill", "background"}
+    assert 0 < ours["retrieval"]["chance"] < 1 and 0 <= ours["retrieval"]["r1"] <= 1
+
+
 def test_cli_on_run_folder_writes_table_and_json(tmp_path, capsys):
     model, weights = saved_model(tmp_path / "weights")
     run = tmp_path / "run"
     shutil.copytree(weights, run / "model")
-    torch.manual_seed(0)
-    teacher = Teacher(BackboneConfig())  # random: the CLI path is under test, not the teacher
-    save_teacher(teacher, {"classes": list(CLASSES), "backbone": asdict(BackboneConfig())}, str(tmp_path / "t"))
-    data = image_folder(tmp_path / "imgs", count=7)
+    teacher = random_teacher(tmp_path / "t")
+    data = shard(tmp_path / "eval.tar", count=7)
     out = tmp_path / "eval.json"
     code = ev.main([str(run), "--data", str(data), "--batch-size", "3", "--device", "cpu", "--teacher",
                     str(tmp_path / "t"), "--fid", "--json", str(out)], fid_feature=PooledColour())
     assert code == 0
     table = capsys.readouterr().out
-    for label in ("PSNR (dB, RGB [0,1], range 1)", "teacher-head top-1 (from codes)", "rFID (custom", "semantic"):
+    for label in ("PSNR (dB, RGB [0,1], range 1)", "zero-shot top-1 colour (from codes)", "rFID (custom",
+                  "image -> caption R@1"):
         assert label in table
     result = json.loads(out.read_text())
     assert result["checkpoint"] == str(run / "model") and result["images"] == 7
-    direct = evaluate_codes(model, build_loader(str(data), 64, 3, train=False), head=teacher.head,
-                               teacher=teacher.trunk)
+    direct = evaluate_codes(model, build_loader(str(data), 64, 3, train=False), semantic=tinyworld_score(teacher))
     for key in ("psnr", "ssim", "semantic_accuracy", "teacher_accuracy"):
         assert result[key] == pytest.approx(direct[key])
+    assert result["semantic"] == pytest.approx(direct["semantic"]) and result["retrieval"] == direct["retrieval"]
     assert result["codebook"] == direct["codebook"]
     assert len(result["codebook"]["semantic"]["utilisation"]) == model.cfg.semantic_quantizer.depth
+
+
+def test_cli_refuses_a_shape_classifier_as_teacher(tmp_path, capsys):
+    from dualtoken_lite.tinyworld.paths import SHAPE_CLASSIFIER_DIR
+
+    _, ckpt = saved_model(tmp_path / "model")
+    data = shard(tmp_path / "eval.tar", count=2)
+    assert ev.main([str(ckpt), "--data", str(data), "--device", "cpu", "--teacher", str(SHAPE_CLASSIFIER_DIR)]) == 2
+    assert "without a text tower" in capsys.readouterr().err
 
 
 def test_cli_refuses_missing_lpips_and_zero_shot_before_reading_data(tmp_path, monkeypatch, capsys):

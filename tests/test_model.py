@@ -12,6 +12,7 @@ from dualtoken_lite.model.config import model_preset
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.pretrained import CheckpointError
 from dualtoken_lite.settings import ConfigError
+from dualtoken_lite.training.precision import precision_context
 
 
 def paper_taps(cfg):
@@ -247,15 +248,19 @@ def test_gradient_flow_shared_quantizer():
     assert reached(model, out.reconstruction.pow(2).mean()) >= {"block3", "pixel_proj"}
 
 
-def test_gradient_checkpointing_gives_same_grads():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_gradient_checkpointing_gives_same_grads(bf16):
+    """Also under the CPU's bf16 step, whose math attention kernel the recomputation in backward must use too."""
     a = build()
     b = build()
     b.cfg.backbone.grad_checkpointing = True  # the tower reads its config at run time
     grads = []
     for m in (a, b):
         m.train()
-        out = m(images())
-        (out.reconstruction.pow(2).mean() + out.pooled.pow(2).mean()).backward()
+        with precision_context("cpu", bf16):
+            out = m(images())
+            loss = out.reconstruction.float().pow(2).mean() + out.pooled.float().pow(2).mean()
+        loss.backward()
         grads.append(m.encoder.trunk.blocks[0].attn.qkv.weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
 

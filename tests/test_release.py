@@ -204,11 +204,11 @@ def test_bad_files_give_one_line_and_exit_2(tmp_path, name, content, says):
 def test_zero_shot_of_a_transformers_tower_says_it_is_not_built_here():
     """open_clip's text tower would pair SigLIP v1 text with SigLIP2 images: refused with the reason, not scored."""
     from dualtoken_lite.evaluation.external import MetricUnavailable
-    from dualtoken_lite.tools.evaluate import semantic_head
+    from dualtoken_lite.tools.evaluate import semantic_score
 
     model = DualToken(small_cfg(32))
     model.cfg.backbone.pretrained = "hf:google/siglip2-so400m-patch14-384"
     args = argparse.Namespace(zero_shot=True, teacher="auto", text_weights="webli", classnames="imagenet",
                               templates="openai")
     with pytest.raises(MetricUnavailable, match="zero-shot needs that model's own text tower"):
-        semantic_head(model, args, "cpu")
+        semantic_score(model, args, "cpu")

@@ -11,6 +11,7 @@ from PIL import Image
 
 from dualtoken_lite.datasets.images import preprocess, to_pil
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence, to_lm_sequence
+from dualtoken_lite.tinyworld.shards import sample_key
 from dualtoken_lite.tools.tokens import decode_codes, load_codes, main
 
 
@@ -130,7 +131,7 @@ def test_shards_in_bad_files_skipped_and_exit_code(tmp_path, capsys):
     assert "broken.jpg" in err and "missing.png" in err
     layout = TokenLayout.from_config(model.cfg, specials=True)
     names, pixel, _ = load_codes(out, layout)
-    assert names == [f"{data}:s{i:04d}" for i in range(4)]
+    assert names == [f"{data}:{sample_key('eval', i)}" for i in range(4)]
     with torch.no_grad():
         want, _ = model.encode(torch.stack([preprocess(im, 64) for im in tiny_images(4)[0]]))
     assert torch.equal(pixel, want)

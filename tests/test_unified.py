@@ -28,7 +28,7 @@ from dualtoken_lite.tinyworld.drawing import (
     make_sample,
 )
 from dualtoken_lite.tinyworld.drawing import to_tensor as images_to_tensor
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.unified import generator_training, prompts, reader_training
 from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_offsets, slot_sizes
@@ -54,23 +54,23 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return DualToken.from_pretrained(TOKENIZER_DIR).eval()
+    return DualToken.from_pretrained(UNIFIED_TOKENIZER_DIR).eval()
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tokenizer):
     """A tiny token cache folder: train 0..15 and eval 0..7."""
     folder = tmp_path_factory.mktemp("cache")
-    load_or_encode(tokenizer, TOKENIZER_DIR, "train", 0, 16, folder, progress=False)
-    load_or_encode(tokenizer, TOKENIZER_DIR, "eval", 0, 8, folder, progress=False)
+    load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "train", 0, 16, folder, progress=False)
+    load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "eval", 0, 8, folder, progress=False)
     return folder
 
 
 # ------------------------------------------------------------------------------------------------ tokens and labels
 def test_token_cache_equals_model_encode(tokenizer, tmp_path):
     """The cached ids are exactly model.encode's codes in the LM layout, and the labels are the descriptions'."""
-    made = load_or_encode(tokenizer, TOKENIZER_DIR, "eval", 3, 5, tmp_path, progress=False)
-    again = load_or_encode(tokenizer, TOKENIZER_DIR, "eval", 3, 5, tmp_path, progress=False)  # read from the file
+    made = load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "eval", 3, 5, tmp_path, progress=False)
+    again = load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "eval", 3, 5, tmp_path, progress=False)  # read from the file
     assert cache_path(tmp_path, "eval", 3, 5).is_file()
     samples = [make_sample(i, "eval") for i in range(3, 8)]
     with torch.no_grad():
@@ -91,7 +91,7 @@ def test_a_cache_from_another_tokenizer_is_encoded_again(tokenizer, tmp_path):
     stale[:, 0] = (stale[:, 0] + 1) % 512
     save_token_set(type(data)(stale, data.labels, data.indices, "eval", data.layout), cache_path(tmp_path, "eval", 0, 2),
                    "another-tokenizer")
-    assert torch.equal(load_or_encode(tokenizer, TOKENIZER_DIR, "eval", 0, 2, tmp_path, progress=False).tokens,
+    assert torch.equal(load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "eval", 0, 2, tmp_path, progress=False).tokens,
                        data.tokens)
     assert read_token_set(cache_path(tmp_path, "eval", 0, 2))[1]["tokenizer"] != "another-tokenizer"
 

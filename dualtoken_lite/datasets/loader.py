@@ -7,7 +7,7 @@ one concept, and splitting them would put the contract in one file and its only 
                           num_workers=2, seed=0, rank=rank, world_size=world_size)
     for epoch in range(start_epoch, epochs):
         loader.set_epoch(epoch, start_batch=position if epoch == start_epoch else 0)
-        for batch in loader:      # {"image": (B, 3, h, w), "label": (B,), "index": int, "skipped": {...}}
+        for batch in loader:      # {"image": (B, 3, h, w), "label": (B,), "key": [B names], "index": int, ...}
             ...                   # after the step, the data position to save is (epoch, batch["index"] + 1)
 
 The order of an epoch is a pure function of (seed, epoch, rank, world_size): the same on every run and for any
@@ -195,7 +195,7 @@ class ImageStream(IterableDataset):
         return self.transform(image, crop_rng), label
 
     def _make_batch(self, index: int, refs: list[Ref], first_position: int, epoch: int) -> dict:
-        images, labels, skipped = [], [], Counter()
+        images, labels, keys, skipped = [], [], [], Counter()
         for i, ref in enumerate(refs):
             try:
                 image, label = self._load(ref, epoch, first_position + i)
@@ -208,12 +208,14 @@ class ImageStream(IterableDataset):
                 continue
             images.append(image)
             labels.append(label)
+            keys.append(ref.key)
         self._logged += sum(skipped.values())
         if self.train and images and len(images) < self.batch_size:  # refill: keep B fixed in training
             fill = [i % len(images) for i in range(self.batch_size - len(images))]
             images += [images[i] for i in fill]
             labels += [labels[i] for i in fill]
-        batch = {"index": index, "skipped": dict(skipped)}
+            keys += [keys[i] for i in fill]
+        batch = {"index": index, "skipped": dict(skipped), "key": keys}  # key: each sample's name, (B,) strings
         batch["image"] = torch.stack(images) if images else torch.empty(0, 3, 0, 0)  # (B, 3, h, w)
         if self.labels:
             batch["label"] = torch.tensor(labels, dtype=torch.long)  # (B,)

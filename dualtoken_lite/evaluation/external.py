@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
+from dualtoken_lite.evaluation.zero_shot import ZeroShotHead, build_head
 from dualtoken_lite.settings import UserError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's port of the TF Inception-v3
@@ -55,17 +55,6 @@ def build_fid(feature: nn.Module | None = None, inception_weights: str | os.Path
 
 
 # ------------------------------------------------------------------------------------------------- zero-shot
-class ZeroShotHead(nn.Module):
-    """Pooled embeddings (B, E) -> class logits (B, K): cosine similarity with per-class text embeddings."""
-
-    def __init__(self, classifier: Tensor):
-        super().__init__()
-        self.register_buffer("classifier", classifier)  # (E, K), unit-norm columns (open_clip's layout)
-
-    def forward(self, pooled: Tensor) -> Tensor:
-        return F.normalize(pooled.float(), dim=-1) @ self.classifier  # (B, E) @ (E, K) -> (B, K)
-
-
 def load_classnames(spec: str) -> list[str]:
     """'imagenet' -> open_clip's 1,000 ImageNet class names (label order); a path -> one name per line."""
     if spec == "imagenet":
@@ -84,7 +73,7 @@ def build_zero_shot_head(arch: str, text_weights: str, classnames: list[str], te
 
     if open_clip.get_model_config(arch) is None:
         raise MetricUnavailable(f"zero-shot needs an open_clip SigLIP model with a text tower; {arch!r} has none "
-                                "(the tiny world measures semantics with its teacher's head: --teacher)")
+                                "(the tiny world's zero-shot uses its teacher's text tower: --teacher)")
     try:  # cheap checks first: the tokenizer, then the weights, before building ~900 M parameters
         tokenizer = open_clip.get_tokenizer(arch)
     except (ImportError, OSError, ValueError) as err:
@@ -108,6 +97,4 @@ def build_zero_shot_head(arch: str, text_weights: str, classnames: list[str], te
             ) from err
     clip = open_clip.create_model(arch, pretrained=text_weights, device=device).eval()
     chosen = open_clip.OPENAI_IMAGENET_TEMPLATES if templates == "openai" else open_clip.SIMPLE_IMAGENET_TEMPLATES
-    with torch.no_grad():
-        classifier = open_clip.build_zero_shot_classifier(clip, tokenizer, classnames, chosen, device=device)
-    return ZeroShotHead(classifier.float())
+    return build_head(clip, tokenizer, classnames, list(chosen), device)  # the tiny world's path too (zero_shot.py)

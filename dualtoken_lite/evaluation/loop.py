@@ -7,9 +7,10 @@ Everything is measured as a language model sees the tokenizer:
     x_hat  = model.decode(pixel_codes)                     # reconstruction from the pixel codes alone
     pooled = model.decode_semantic(semantic_codes)         # embedding from the semantic codes alone
 
-In eval mode these equal the forward pass's outputs (tested). The semantic figure of the tiny world is the
-teacher-head accuracy of ``pooled``, next to the teacher's own accuracy on the same images: the small-scale
-stand-in for SigLIP's zero-shot accuracy.
+In eval mode these equal the forward pass's outputs (tested). The semantic figures are SigLIP's zero-shot
+accuracy of ``pooled`` (``evaluation.zero_shot.SemanticScore``): in the tiny world one classifier per attribute
+(shape, colour, fill, background) built from the teacher's text tower, next to the teacher's own accuracy on the
+same images, and image -> caption retrieval; at paper scale open_clip's ImageNet classifier.
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ from tqdm import tqdm
 
 from dualtoken_lite.datasets.images import to_uint8
 from dualtoken_lite.evaluation.metrics import CodeUsage, luma_chroma_psnr, psnr, ssim
+from dualtoken_lite.evaluation.zero_shot import SemanticScore
 
 
 @torch.no_grad()
 def evaluate_codes(model: nn.Module, batches: Iterable[dict], max_images: int | None = None,
-                   head: nn.Module | None = None, teacher: nn.Module | None = None,
-                   perceptual: nn.Module | None = None, fid=None, progress: bool = False,
-                   total: int | None = None) -> dict:
-    """Metrics over up to ``max_images`` images of ``batches`` ({"image": (B, 3, h, w), maybe "label": (B,)}).
+                   semantic: SemanticScore | None = None, perceptual: nn.Module | None = None, fid=None,
+                   progress: bool = False, total: int | None = None) -> dict:
+    """Metrics over up to ``max_images`` images of ``batches`` ({"image": (B, 3, h, w), maybe "label", "key"}).
 
-    head: classifier on pooled embeddings (teacher head or ZeroShotHead); teacher: a trunk giving the continuous
-    reference embedding for the same head; perceptual: a ``Perceptual``; fid: from ``build_fid``.
+    semantic: scores the pooled embedding from the semantic codes (``zero_shot.tinyworld_score`` or
+    ``class_score``); perceptual: a ``Perceptual``; fid: from ``build_fid``.
     """
     was_training = model.training
     model.eval()
@@ -41,9 +42,8 @@ def evaluate_codes(model: nn.Module, batches: Iterable[dict], max_images: int | 
     separate_semantic = model.semantic_quantizer is not None and not model.cfg.shared_quantizer
     if separate_semantic:
         usage["semantic"] = CodeUsage(model.cfg.semantic_quantizer.codebook_size, model.cfg.semantic_quantizer.depth)
-    sums = {"psnr": 0.0, "psnr_luma": 0.0, "psnr_chroma": 0.0, "ssim": 0.0, "lpips": 0.0, "correct": 0,
-            "teacher_correct": 0}
-    n = n_labelled = 0
+    sums = {"psnr": 0.0, "psnr_luma": 0.0, "psnr_chroma": 0.0, "ssim": 0.0, "lpips": 0.0}
+    n = 0
     bar = tqdm(desc="evaluate", unit="img", total=max_images if total is None else total, disable=not progress)
     for batch in batches:
         x = batch["image"].to(device)[: None if max_images is None else max_images - n]  # (B, 3, h, w)
@@ -62,13 +62,8 @@ def evaluate_codes(model: nn.Module, batches: Iterable[dict], max_images: int | 
         usage["pixel"].update(pixel_codes)
         if separate_semantic:
             usage["semantic"].update(semantic_codes)
-        if head is not None and "label" in batch and semantic_codes is not None:
-            y = batch["label"][: x.shape[0]].to(device)
-            pooled = model.decode_semantic(semantic_codes)  # (B, E) from the semantic codes alone
-            sums["correct"] += (head(pooled).argmax(-1) == y).sum().item()
-            if teacher is not None:
-                sums["teacher_correct"] += (head(teacher(x)).argmax(-1) == y).sum().item()
-            n_labelled += y.numel()
+        if semantic is not None and semantic_codes is not None:
+            semantic.update(model.decode_semantic(semantic_codes), x, batch)  # (B, E) from the semantic codes alone
         n += x.shape[0]
         bar.update(x.shape[0])
         if max_images is not None and n >= max_images:
@@ -85,10 +80,8 @@ def evaluate_codes(model: nn.Module, batches: Iterable[dict], max_images: int | 
         result["rfid"] = float(fid.compute()) if n >= 2 else None  # a covariance needs two images
         result["rfid_features"] = getattr(fid, "features_label", "")
     result["codebook"] = {name: u.summary() for name, u in usage.items()}
-    if n_labelled:
-        result["semantic_accuracy"] = sums["correct"] / n_labelled
-        if teacher is not None:
-            result["teacher_accuracy"] = sums["teacher_correct"] / n_labelled
+    if semantic is not None:
+        result.update(semantic.result())
     return result
 
 
@@ -103,9 +96,13 @@ def format_table(result: dict) -> str:
         value = "n/a (< 2 images)" if result["rfid"] is None else f"{result['rfid']:.3f}"
         rows.append((f"rFID ({result['rfid_features']})", value))
     kind = result.get("semantic_metric", "semantic")
-    for key, label in (("semantic_accuracy", f"{kind} top-1 (from codes)"), ("teacher_accuracy", "teacher top-1")):
-        if key in result:
-            rows.append((label, f"{result[key]:.4f}"))
+    teacher = result.get("teacher_semantic", {})
+    for name, value in result.get("semantic", {}).items():
+        reference = f"  (teacher {teacher[name]:.4f})" if name in teacher else ""
+        rows.append((f"{kind} top-1 {name} (from codes)", f"{value:.4f}{reference}"))
+    if "retrieval" in result:
+        r = result["retrieval"]
+        rows.append(("image -> caption R@1", f"{r['r1']:.4f}  (teacher {r['teacher_r1']:.4f}, chance {r['chance']:.4f})"))
     width = max(len(r[0]) for r in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines.append(f"\n{'codebook':<10}{'depth':>6}{'utilisation':>13}{'perplexity':>12}")

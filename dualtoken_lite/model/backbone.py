@@ -25,12 +25,14 @@ open_clip model checkpoint, or a dualtoken_lite checkpoint folder), loaded stric
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from timm.layers import Mlp
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from dualtoken_lite.model.config import RANDOM_WEIGHTS, BackboneConfig
@@ -212,6 +214,23 @@ def check_images(images: Tensor, image_size: int) -> None:
                          f"{image_size}x{image_size}; resize and center-crop them first (dualtoken_lite.datasets.images.preprocess)")
 
 
+def allowed_attention_kernels() -> list[SDPBackend]:
+    """The scaled-dot-product attention kernels torch may choose from right now (``sdpa_kernel`` narrows them)."""
+    flags = {SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled(),
+             SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled(),
+             SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled(),
+             SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled()}
+    return [kernel for kernel, allowed in flags.items() if allowed]
+
+
+def recompute_with_same_attention_kernels():
+    """Gradient checkpointing's ``context_fn``: the block's recomputation in backward may use only the attention
+    kernels its forward could. The backward runs outside the forward's ``sdpa_kernel`` context (the CPU's bf16
+    step allows only the math kernel, training/precision.py); another kernel would save other tensors, which
+    checkpoint refuses."""
+    return nullcontext(), sdpa_kernel(allowed_attention_kernels())
+
+
 class VisionTower(nn.Module):
     """A timm SigLIP-layout trunk run in named stages so its hidden states can be tapped and replaced."""
 
@@ -235,7 +254,7 @@ class VisionTower(nn.Module):
         """Blocks first..last (1-indexed, inclusive) on x (B, N, C); recomputed in backward if configured."""
         for block in self.trunk.blocks[first - 1 : last]:
             if self.cfg.grad_checkpointing and self.training and x.requires_grad:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, use_reentrant=False, context_fn=recompute_with_same_attention_kernels)
             else:
                 x = block(x)
         return x

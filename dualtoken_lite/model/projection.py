@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualtoken_lite.model.decoder import PostQuantResBlock
+from dualtoken_lite.model.onednn_linear import linear_of
 
 
 class GeGLU(nn.Module):
@@ -73,7 +74,7 @@ class ProjectionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
-        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())  # (B, N, 3 * wide)
+        qkv = linear_of(self.qkv)(x, self.qkv.weight, self.qkv_bias())  # (B, N, 3 * wide)
         q, k, v = qkv.view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, heads, N, hd)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, heads, N, hd)
         if self.squeeze:

@@ -4,8 +4,9 @@ The codebook holds K code vectors of dimension d. Three things happen to it:
 
 1. **Lookup** (every forward): each input row x gets the index of its nearest code,
    ``argmin_k ||x - e_k||^2 = argmin_k (||e_k||^2 - 2 x . e_k)`` (``||x||^2`` is the same for every k).
-   It runs in fp32 even under bf16 autocast (bf16 picks a different code for a few percent of rows) and
-   a few hundred rows at a time, so the full N x K distance matrix is never built.
+   It runs in fp32 even under bf16 autocast (bf16 picks a different code for a few percent of rows),
+   128 rows at a time: one matmul per chunk into a block that stays in cache, then a two-pass argmin, so
+   the full N x K distance matrix is never built (benchmarks/bench_quantizer.py).
 2. **Accumulation** (every training forward): per code, how many rows chose it and their sum. Nothing
    moves yet, so k micro-batches accumulate exactly like one k-times-larger batch (docs/method.md §7.2).
 3. **Update** (once per optimizer step, ``update()``): the accumulated statistics are all-reduced across
@@ -32,19 +33,59 @@ CODEBOOK_OPTIONS = ("decay", "eps", "dead_code_threshold", "cosine", "chunk_size
 NO_UPDATE = {"updated": 0.0, "vectors": 0.0, "restarted": 0.0, "utilisation": 0.0, "perplexity": 0.0}
 
 
-def nearest_code(x: Tensor, embed: Tensor, chunk_size: int = 256, cosine: bool = False) -> Tensor:
-    """Index of the nearest code for each row: x (N, d), embed (K, d) -> (N,) long, fp32, chunked over rows."""
+ARGMIN_GROUP = 256  # codes per group of ``grouped_argmin`` (a whole number of 16-float vector registers)
+
+
+def distance_table(embed: Tensor, group: int = ARGMIN_GROUP) -> Tensor:
+    """Codes (K, d) -> table T (d + 1, K') with [x, 1] @ T = ||e_k||^2 - 2 x . e_k, one matmul for the whole formula.
+
+    When K > group, K' rounds K up to a multiple of ``group`` with padding columns whose distance is +inf, so
+    ``grouped_argmin`` never picks them. -2 e is exact in floating point (a power of two).
+    """
+    K, d = embed.shape
+    pad = (-K) % group if K > group else 0
+    table = embed.new_zeros(d + 1, K + pad)
+    table[:d, :K] = embed.t() * -2.0
+    table[d, :K] = embed.pow(2).sum(-1)  # ||e_k||^2
+    table[d, K:] = float("inf")
+    return table
+
+
+def grouped_argmin(dist: Tensor, group: int = ARGMIN_GROUP) -> Tensor:
+    """Tensor.argmin over the last dim of dist (n, K) in two vectorised passes; the same index (the first minimum).
+
+    PyTorch's CPU argmin compares one element at a time; amin runs on whole vector registers. So: the minimum of
+    each group of ``group`` columns (amin), the first group holding the row's minimum (argmin over K / group
+    values), then the first minimum inside that group (argmin over ``group`` values).
+    """
+    n, K = dist.shape
+    if K <= group or K % group:
+        return dist.argmin(-1)
+    groups = dist.view(n, K // group, group)  # (n, G, group)
+    best = groups.amin(-1).argmin(-1)  # (n,) the first group that holds the row's minimum
+    inside = groups[torch.arange(n, device=dist.device), best].argmin(-1)  # (n,) its first minimum
+    return best * group + inside
+
+
+@torch.no_grad()
+def nearest_code(x: Tensor, embed: Tensor, chunk_size: int = 128, cosine: bool = False) -> Tensor:
+    """Index of the nearest code for each row: x (N, d), embed (K, d) -> (N,) long, fp32, chunked over rows.
+
+    Each chunk is one matmul [x, 1] @ ``distance_table`` into a reused (chunk_size, K) block (8 MiB at K = 16,384
+    and 128 rows: it stays in cache), then ``grouped_argmin`` of that block; the full N x K matrix never exists.
+    """
     with torch.autocast(device_type=x.device.type, enabled=False):
         x, embed = x.float(), embed.float()
         if cosine:  # nearest by angle: on unit vectors ||x - e||^2 = 2 - 2 x . e
             x, embed = F.normalize(x, dim=-1), F.normalize(embed, dim=-1)
-        e_sq = embed.pow(2).sum(-1)  # (K,)
-        embed_t = embed.t()  # (d, K)
+        table = distance_table(embed)  # (d + 1, K')
+        x1 = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # (N, d + 1): [x, 1]
         codes = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+        block = x.new_empty(min(chunk_size, x.shape[0]), table.shape[1])  # (chunk_size, K'), reused by every chunk
         for start in range(0, x.shape[0], chunk_size):
-            rows = x[start : start + chunk_size]  # (n, d), n <= chunk_size
-            dist_part = torch.addmm(e_sq, rows, embed_t, alpha=-2.0)  # (n, K) = ||e||^2 - 2 x . e
-            codes[start : start + chunk_size] = dist_part.argmin(-1)
+            rows = x1[start : start + chunk_size]  # (n, d + 1), n <= chunk_size
+            dist = torch.mm(rows, table, out=block[: rows.shape[0]])  # (n, K') = ||e||^2 - 2 x . e
+            codes[start : start + chunk_size] = grouped_argmin(dist)
     return codes
 
 
@@ -110,7 +151,7 @@ class Codebook(nn.Module):
         eps: float = 1e-5,
         dead_code_threshold: float = 1.0,
         cosine: bool = False,
-        chunk_size: int = 256,
+        chunk_size: int = 128,
         seed: int = 0,
     ):
         super().__init__()

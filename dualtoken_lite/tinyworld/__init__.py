@@ -1,10 +1,13 @@
-"""The tiny world: a procedural, labelled 64 px image set and its ViT teacher, the small-scale stand-in for
-ImageNet and SigLIP that lets every code path run on a CPU (docs/method.md §9).
+"""The tiny world: a procedural, captioned 64 px image set and its tiny SigLIP teacher, the small-scale stand-in
+for ImageNet and SigLIP that lets every code path run on a CPU (docs/method.md §9).
 
-    drawing.py     draws sample i of a split from its own seed: one light shape of 8 classes on a darker ground
-    shards.py      writes and reads the samples as plain WebDataset tar shards
-    paths.py       where the shards and the shipped teacher live; "tinyworld" / "tinyworld-eval" on the command line
-    teacher.py     trains and loads the teacher ViT (shipped in data/teacher/)
+    drawing.py          draws sample i of a split from its own seed: one light shape of 8 classes on a darker ground
+    shards.py           writes and reads the samples as plain WebDataset tar shards
+    paths.py            where the shards and the shipped teacher live; "tinyworld" / "tinyworld-eval" on the command line
+    captions.py         each sample's captions, from its own description; which attributes a caption claims
+    vocabulary.py       the 45-word vocabulary and its one-screen tokenizer
+    caption_batches.py  a teacher training step's images, captions and prompts, with the keys the loss reads
+    teacher.py          the tiny SigLIP (image + text tower) and its loading (data/teacher/); tools/teacher.py trains it
 
 ``from dualtoken_lite import tinyworld as tw`` gives the drawing and the shards' public names.
 """

@@ -28,8 +28,8 @@ a caption is a pure function of (split, index):
     captions = sample_captions(meta)                 # meta = make_sample(i, split)[1]: 8 strings
     true_of(claim_code(text)[None], image_code(attribute_values(meta))[None])   # (1, 1): the caption holds
 
-Flipping or turning an image by 90 degrees moves its shape: ``turn_description`` moves the position words with
-it (the augmentation of ``tools/teacher.py``), so an augmented image's captions stay true.
+Flipping or turning an image by 90 degrees moves its shape: ``turn_values`` moves the position words with
+it (the augmentation of ``caption_batches.py``), so an augmented image's captions stay true.
 """
 
 from __future__ import annotations
@@ -145,10 +145,35 @@ def render(values: dict, plan: CaptionPlan) -> str:
     return frame.format(np=np_, bg=bg, pos=f" {pos}" if frame.index("{pos}") else pos)
 
 
+def one_attribute_caption(attribute: str, word: str, frame: int = 0) -> str:
+    """A caption naming one attribute only, e.g. ("colour", "red", 1) -> "a picture of a red shape"."""
+    values = {"shape": "shape", "colour": None, "fill": None, "size": None, "background": None, "position": (None,) * 2}
+    return render({**values, attribute: word}, CaptionPlan(frame, (attribute,)))
+
+
 def sample_captions(meta: dict, count: int = CAPTIONS_PER_IMAGE, seed: int = 0) -> list[str]:
     """All captions of a sample (``count`` strings; the first names everything nameable)."""
     values = attribute_values(meta)
     return [render(values, plan) for plan in plan_captions(meta, count, seed)]
+
+
+def counterfactual(values: dict, plan: CaptionPlan, rng: np.random.Generator, attribute: str | None = None) -> str:
+    """The caption of ``plan`` with one named attribute (``attribute``, or one at random) changed to another value:
+    false of the image.
+
+    A hard negative: it differs from a true caption in exactly one attribute, so telling them apart takes that
+    attribute (a shape, a colour, a side), not whatever else is easiest to see.
+    """
+    attribute = attribute or plan.named[int(rng.integers(len(plan.named)))]
+    if attribute == "position":
+        h, v = values["position"]
+        flipped = (flip_side(h) if h else h, flip_side(v) if v else v)  # the other side ...
+        if flipped == (h, v):  # ... or, from the middle, a side
+            flipped = ((-1, 1)[int(rng.integers(2))], None) if rng.random() < 0.5 else (None, (-1, 1)[int(rng.integers(2))])
+        return render({**values, "position": flipped}, plan)
+    options = SIZE_WORDS if attribute == "size" else CLASSIFIED[attribute]
+    others = [w for w in options if w != values[attribute]]
+    return render({**values, attribute: others[int(rng.integers(len(others)))]}, plan)
 
 
 # ------------------------------------------------------------------------------------------------ claims

@@ -61,13 +61,24 @@ def write_shards(root: str | os.PathLike, split: str, count: int, shard_size: in
     return paths
 
 
+def sample_key(split: str, index: int) -> str:
+    """The name of sample ``index`` of ``split`` inside the shards: ``{split}-{index:07d}``."""
+    return f"{split}-{index:07d}"
+
+
+def parse_key(key: str) -> tuple[str, int] | None:
+    """A shard key back to (split, index); None for a name that is not a tiny-world sample's."""
+    split, _, index = key.rpartition("-")
+    return (split, int(index)) if split in SPLITS and index.isdigit() and len(index) == 7 else None
+
+
 def write_one_shard(path: str, split: str, indices: range, cfg: TinyWorldConfig | None = None) -> None:
     """Samples ``indices`` of a split into the shard ``path``, written to a temporary name and renamed into place."""
     with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
             tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for i in indices:
             image, meta = make_sample(i, split, cfg)
-            key = f"{split}-{i:07d}"
+            key = sample_key(split, i)
             for ext, payload in (("png", encode_png(image)), ("cls", str(meta["label"]).encode())):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size, info.mtime, info.mode = len(payload), 0, 0o444

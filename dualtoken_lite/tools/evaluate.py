@@ -14,10 +14,12 @@ Everything is measured through the codes, as a language model sees the tokenizer
                  reconstructions, Inception-v3 pool features (torch-fidelity's port of the TF 2015-12-05 weights).
                  The paper uses ImageNet val, 50,000 images; FID is biased upwards at small sample counts
     codebook     utilisation (distinct codes / K) and perplexity, per branch and residual depth, over the whole set
-    semantic     tiny world: top-1 of the teacher's class head on ``pooled`` (and the teacher's own accuracy on the
-                 same images, the continuous reference). SigLIP presets: --zero-shot, open_clip's classifier from
-                 class names x prompt templates, top-1 on ``pooled`` (needs the text tower's weights, ``transformers``
-                 and the tokenizer files; a clear message when they are missing)
+    semantic     zero-shot top-1 on ``pooled``, one code path (``evaluation.zero_shot``) at both scales: class
+                 names x prompt templates through a SigLIP text tower. Tiny world: the teacher's text tower, one
+                 classifier per attribute (shape 8, colour 7, fill 4, background 4), beside the teacher's own
+                 accuracy on the same images, and image -> caption R@1 (with its chance level) over the images'
+                 full captions. SigLIP presets: --zero-shot, open_clip's text tower and ImageNet classifier (needs
+                 the text tower's weights, ``transformers`` and the tokenizer files; a clear message when missing)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from dualtoken_lite.evaluation.external import (
     load_classnames,
 )
 from dualtoken_lite.evaluation.loop import evaluate_codes, format_table
+from dualtoken_lite.evaluation.zero_shot import SemanticScore, class_score, tinyworld_score
 from dualtoken_lite.losses.perceptual import Perceptual, PerceptualWeightsMissing
 from dualtoken_lite.model.hf_siglip import HF_REPO_PREFIX, read_hf_config_json
 from dualtoken_lite.settings import UserError
@@ -49,11 +52,11 @@ from dualtoken_lite.tools.common import load_tokenizer, pick_device
 
 
 # ------------------------------------------------------------------------------------------------- command line
-def semantic_head(model, args, device) -> tuple[nn.Module | None, nn.Module | None, str | None]:
-    """(head, teacher trunk, metric name) chosen by --zero-shot / --teacher; a clear error when unavailable."""
+def semantic_score(model, args, device) -> SemanticScore | None:
+    """The semantic metric chosen by --zero-shot / --teacher (``evaluation.zero_shot``); a clear error when unavailable."""
     arch = model.cfg.backbone.arch
     if model.cfg.semantic_layer is None:
-        return None, None, None
+        return None
     if args.zero_shot:
         if args.teacher not in ("auto", "none"):
             raise MetricUnavailable("choose one semantic metric: --zero-shot (SigLIP presets) or --teacher (tiny world)")
@@ -66,7 +69,7 @@ def semantic_head(model, args, device) -> tuple[nn.Module | None, nn.Module | No
                 "nothing. Measure reconstruction here; zero-shot with the transformers text tower is not implemented"
             )
         head = build_zero_shot_head(arch, args.text_weights, load_classnames(args.classnames), args.templates, device)
-        return head, None, "zero-shot"
+        return class_score(head, "zero-shot")
 
     choice = args.teacher
     if choice == "auto":  # the shipped teacher when it is there and fits, else no semantic metric
@@ -76,12 +79,12 @@ def semantic_head(model, args, device) -> tuple[nn.Module | None, nn.Module | No
             print("note: no semantic accuracy (no shipped teacher for this model; pass --teacher FOLDER or "
                   "--zero-shot)", file=sys.stderr)
     if choice == "none":
-        return None, None, None
-    trunk, head = load_teacher(None if choice == "shipped" else choice)
-    if head.in_features != model.cfg.backbone.width:
-        raise MetricUnavailable(f"the teacher's head takes {head.in_features}-d embeddings but this model pools "
-                                f"{model.cfg.backbone.width}-d ones; use a teacher of this model's world")
-    return head.to(device), trunk.to(device), "teacher-head"
+        return None
+    teacher = load_teacher(None if choice == "shipped" else choice)
+    if teacher.backbone.width != model.cfg.backbone.width:
+        raise MetricUnavailable(f"the teacher embeds images in {teacher.backbone.width} dimensions but this model "
+                                f"pools {model.cfg.backbone.width}-d ones; use a teacher of this model's world")
+    return tinyworld_score(teacher.to(device), device)
 
 
 def main(argv: list[str] | None = None, fid_feature: nn.Module | None = None) -> int:
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None, fid_feature: nn.Module | None = None) ->
     parser.add_argument("--max-images", type=int, default=None, help="stop after this many images")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
-    parser.add_argument("--teacher", default="auto", help="auto | shipped | FOLDER | none (tiny world's head)")
+    parser.add_argument("--teacher", default="auto", help="auto | shipped | FOLDER | none (tiny world's teacher)")
     parser.add_argument("--zero-shot", action="store_true", help="open_clip zero-shot top-1 (SigLIP presets)")
     parser.add_argument("--text-weights", default="webli", help="open_clip tag or file with the text tower")
     parser.add_argument("--classnames", default="imagenet", help="'imagenet' or a file, one name per label")
@@ -120,10 +123,10 @@ def run(args, fid_feature: nn.Module | None = None) -> int:
         print(f"error: cannot write the results to {out}; pass --json with a writable file path", file=sys.stderr)
         return 2
     try:
-        head, teacher, kind = semantic_head(model, args, device)
+        semantic = semantic_score(model, args, device)
         perceptual = Perceptual(args.vgg_weights, args.allow_random_lpips).to(device) if args.lpips else None
         fid = build_fid(fid_feature, args.inception_weights).to(device) if args.fid else None
-    except (MetricUnavailable, PerceptualWeightsMissing, FileNotFoundError) as err:
+    except (MetricUnavailable, PerceptualWeightsMissing, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
@@ -133,11 +136,10 @@ def run(args, fid_feature: nn.Module | None = None) -> int:
         print(f"error: --data {args.data!r}: {err}", file=sys.stderr)
         return 2
     total = available if args.max_images is None else min(args.max_images, available)
-    result = evaluate_codes(model, loader, args.max_images, head, teacher, perceptual, fid, progress=True, total=total)
-    if kind is not None and "semantic_accuracy" in result:
-        result["semantic_metric"] = kind
-    elif kind is not None:
-        print("note: the data has no labels, so no semantic accuracy", file=sys.stderr)
+    result = evaluate_codes(model, loader, args.max_images, semantic, perceptual, fid, progress=True, total=total)
+    if semantic is not None and "semantic_accuracy" not in result:
+        print("note: the data has no labels (tiny world: no tiny-world sample keys), so no semantic accuracy",
+              file=sys.stderr)
     if loader.skips.total:
         result["skipped"] = loader.skips.as_dict()
     result = {"checkpoint": str(folder), "data": args.data, **result,

@@ -1,13 +1,35 @@
-"""Train the tiny world's teacher and ship it: ``python -m dualtoken_lite teacher`` (docs/method.md §9).
+"""Train the tiny world's teacher, a tiny SigLIP, on captioned images: ``python -m dualtoken_lite teacher --out RUN``.
 
-The teacher (the model and how it loads: ``tinyworld/teacher.py``) is the tiny preset's trunk plus a class head,
-trained from scratch on the tiny world's procedural shapes. Why it learns in minutes where a plain run stalled near
-chance: mostly the data (the shape is always the light figure on a darker ground, ``tinyworld.drawing.light_figure``);
-then the recipe: a pool of drawn samples, each seen under a random flip/rotation by 90 degrees (the classes are
-symmetric under them), batch 64, AdamW with a linear warmup and a cosine decay, label smoothing, gradient
-clipping, and bfloat16 autocast on the CPU. Shipped result: 98.3 % held-out (raw-pixel linear probe: 31.5 %)
-after 21 minutes on one CPU thread. ``OMP_NUM_THREADS=1 python -m dualtoken_lite teacher --threads 1`` remakes
-the shipped weights.
+    python -m dualtoken_lite teacher --out runs/teacher                  # the shipped recipe (the card says how long)
+    python -m dualtoken_lite teacher --out runs/teacher --resume auto    # continue a stopped run where it stopped
+
+The model and how it loads: ``tinyworld/teacher.py``; the captions: ``tinyworld/captions.py``; a step's batch:
+``tinyworld/caption_batches.py``; the loss: ``losses/siglip.py``. The recipe, step by step:
+
+    images   a pool of ``pool_size`` drawn training samples (train split 0 .. pool_size - 1), each step a random
+             batch of them, each image under a random flip / quarter turn (``dihedral``; ``augment="none"`` off)
+    texts    one of each image's captions, at random; its position words turned with the image
+             (``captions.turn_values``), so the caption stays true of what the model sees
+    prompts  the 23 one-attribute prompts ("a star", "a picture of a red shape", ...), one per value of each
+             attribute in a random wording, join every step's texts (``prompts``)
+    loss     the sigmoid loss with learnable t' and b (SigLIP's init log 10, -10). Partial captions make in-batch
+             false negatives ("a star" fits every star of the batch, not only its own image); ``positives``
+             says what a caption true of another image is to that image: left out of the loss ("ignore", the
+             recipe), a positive ("attributes"), or a negative ("diagonal": SigLIP's identity labels). The
+             prompts are decided by the keys alone: a positive for every image they are true of, a negative
+             for the rest. Without them zero-shot shape stalled near 64 %; with them it follows the supervised pace
+    optim    AdamW, linear warmup then cosine, gradient clipping, bfloat16 autocast on the CPU
+
+A run folder keeps every trainer's promises (training/run_folder.py: one owner, nothing written before the run can
+start, SIGTERM / Ctrl-C write a checkpoint and print the command that continues, a resume continues bit-identically):
+
+    config.json  metrics.jsonl  checkpoints/step_*/  summary.json
+    model/       teacher.safetensors + teacher.json (the card): a teacher folder, ``--teacher RUN/model``
+
+``--out`` is never the shipped ``data/teacher/``: copy a run's ``model/`` there after reading its card. The card
+holds the command, wall time, threads, load average and the figures of ``measure_teacher``, measured on the saved
+float16 weights with images 0-511 of the eval shard. Held-out accuracies logged during training use eval images
+512-1023 (the half recipes are chosen on).
 """
 
 from __future__ import annotations
@@ -15,186 +37,300 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from dualtoken_lite.tinyworld.drawing import CLASSES, make_batch, to_tensor
-from dualtoken_lite.tinyworld.paths import TEACHER_DIR, TINYWORLD_ROOT
-from dualtoken_lite.tinyworld.shards import ensure_tinyworld, load_split
-from dualtoken_lite.tinyworld.teacher import CARD_FILE, WEIGHTS_FILE, Teacher, accuracy, load_teacher
-from dualtoken_lite.training.optim import build_schedule, decay_groups
+from dualtoken_lite.evaluation.probes import measure_teacher
+from dualtoken_lite.evaluation.zero_shot import attribute_accuracy, attribute_heads, attribute_labels
+from dualtoken_lite.losses.siglip import SigmoidLoss
+from dualtoken_lite.model.pretrained import WEIGHTS_NAME
+from dualtoken_lite.settings import ConfigError, require_at_least, require_finite
+from dualtoken_lite.tinyworld.caption_batches import CaptionedPool, draw_pool
+from dualtoken_lite.tinyworld.captions import CAPTIONS_PER_IMAGE
+from dualtoken_lite.tinyworld.drawing import make_samples, to_tensor
+from dualtoken_lite.tinyworld.paths import TEACHER_DIR
+from dualtoken_lite.tinyworld.teacher import TextConfig, TinySigLIP, read_card, save_teacher
+from dualtoken_lite.training.checkpoints import capture_rng_state, payload_bytes, restore_loop
+from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
+from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
+from dualtoken_lite.training.run_folder import NonFiniteError, RunFolder, RunRules
+from dualtoken_lite.training.run_plan import CONTROL, saved_config_loader, target_folder
+
+AUGMENTS = ("dihedral", "none")
+POSITIVES = ("attributes", "ignore", "diagonal")
 
 
 @dataclass
 class TeacherConfig:
     """How the teacher is trained."""
 
-    steps: int = 2800  # optimizer steps
-    batch_size: int = 64  # images per step (small batches learn more per image here)
+    steps: int = 6400  # optimizer steps
+    batch_size: int = 64  # images per step
+    captions_per_image: int = 1  # captions of each image in a step (distinct ones, of its CAPTIONS_PER_IMAGE)
+    hard_negatives: int = 1  # per caption, this many copies with one named attribute changed, each a different
+    #                          attribute (as many as it names at most): false of its image
+    full_caption: bool = True  # each image's captions of a step include its first one, which names everything
+    prompts: bool = True  # add to each step's texts one caption per value of each attribute, naming it alone: a
+    #                        positive for every image it is true of, a negative for the rest, whatever `positives` says
     peak_lr: float = 1e-3  # AdamW learning rate at the end of the warmup
     warmup_steps: int = 150  # linear warmup from 0 to peak_lr
     final_lr_ratio: float = 0.02  # the cosine decays to peak_lr * final_lr_ratio
     weight_decay: float = 0.05  # AdamW decoupled weight decay on matrices (none on biases, norms, embeddings)
     betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas
-    label_smoothing: float = 0.1  # cross-entropy label smoothing
     grad_clip: float = 1.0  # max global gradient norm
-    pool_size: int = 49152  # training images generated up front (train split samples 0 .. pool_size-1)
+    text_lr: float = 1.0  # the text tower learns at this multiple of the learning rate
+    scale_bias_lr: float = 30.0  # t' and b learn at this multiple of the learning rate: from SigLIP's init (t = 10,
+    #                              b = -10) they would move about 1e-3 a step, far too slow for a few thousand steps
+    pool_size: int = 49152  # training images drawn up front (train split samples 0 .. pool_size - 1)
+    augment: str = "dihedral"  # "dihedral": a random flip / quarter turn per image, position words turned along
+    positives: str = "ignore"  # a caption true of another image of the batch is, to that image: a positive
+    #                                ("attributes"), left out of the loss ("ignore"), or a negative ("diagonal": SigLIP's)
+    text_layers: int = 2  # blocks of the text transformer (its width is the image tower's)
+    text_pool: str = "mean"  # the caption embedding: the text tower's output at <end>, or its mean over the words
+    token_init: float = 0.02  # std of the text tower's word embeddings at init
     bf16: bool = True  # bfloat16 autocast for the forward pass (about 1.5x faster on AVX-512 CPUs)
     seed: int = 0  # seeds the weights and the batch order
     threads: int = 1  # torch CPU threads
-    eval_every: int = 200  # steps between held-out accuracy checks on the eval shard (logged, never selected on)
+    eval_every: int = 200  # steps between held-out zero-shot checks on eval images 512-1023 (logged only)
+    eval_count: int = 512  # eval images those checks read: 512 .. 512 + eval_count - 1
+    # the run folder
+    out: str = "runs/teacher"  # run folder (never the shipped data/teacher/: copy RUN/model there by hand)
+    resume: str | None = None  # "auto" (continue --out if it has a checkpoint) or a run / checkpoint folder
+    overwrite: bool = False  # replace the run already in --out
+    save_every: int = 200  # steps between checkpoints (0 = only at the end, or when stopped by SIGTERM / Ctrl-C)
+    keep_checkpoints: int = 2  # newest checkpoints kept
 
 
-def dihedral(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """A random one of the 8 flips/90-degree rotations per image (every shape class is symmetric under them)."""
-    k = torch.randint(0, 8, (images.shape[0],), generator=rng)
-    out = images.clone()
-    for code in range(8):
-        sel = k == code
-        if sel.any():
-            x = torch.rot90(images[sel], code % 4, dims=(2, 3))
-            out[sel] = x.flip(3) if code >= 4 else x
-    return out
+def validate_teacher_config(cfg: TeacherConfig) -> TeacherConfig:
+    """Refuse a config that cannot train, naming the value and the fix."""
+    if cfg.augment not in AUGMENTS:
+        raise ConfigError(f"augment={cfg.augment!r}: choose one of {AUGMENTS}")
+    if cfg.positives not in POSITIVES:
+        raise ConfigError(f"positives={cfg.positives!r}: choose one of {POSITIVES}")
+    if cfg.prompts and cfg.positives == "diagonal":
+        raise ConfigError("prompts=True needs attribute keys to say which images a prompt is true of; with "
+                          "positives='diagonal' there are none: choose positives='ignore' or 'attributes'")
+    require_finite(cfg)  # --peak-lr inf, --grad-clip nan, ...
+    require_at_least(cfg, ("steps", "batch_size", "pool_size", "threads", "text_layers", "eval_every",
+                           "captions_per_image", "eval_count", "keep_checkpoints"), 1)
+    require_at_least(cfg, ("warmup_steps", "save_every", "hard_negatives"), 0)
+    if cfg.captions_per_image > CAPTIONS_PER_IMAGE:
+        raise ConfigError(f"captions_per_image={cfg.captions_per_image}: an image has {CAPTIONS_PER_IMAGE} captions")
+    if cfg.batch_size > cfg.pool_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} exceeds pool_size={cfg.pool_size}; draw a larger pool")
+    return cfg
 
 
-def generate_pool(count: int, workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train-split samples 0 .. count-1 as uint8 (B, h, w, 3) and labels (B,), generated in ``workers`` processes."""
-    chunk = 2048
-    starts = list(range(0, count, chunk))
-    jobs = [(s, min(chunk, count - s), "train") for s in starts]
-    if workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(workers) as pool:
-            parts = pool.starmap(make_batch, jobs)
-    else:
-        parts = [make_batch(*job) for job in jobs]
-    return torch.from_numpy(np.concatenate([p[0] for p in parts])), torch.from_numpy(np.concatenate([p[1] for p in parts]))
+def held_out_check(model: TinySigLIP, images: np.ndarray, labels: dict) -> dict[str, float]:
+    """Zero-shot accuracy per attribute on held-out images (fp32, eval mode), for the training log."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        heads = attribute_heads(model)
+        pooled = torch.cat([model.encode_image(to_tensor(images[i : i + 256])) for i in range(0, len(images), 256)])
+    model.train(was_training)
+    return attribute_accuracy(pooled, labels, heads)
 
 
-def pixel_probe_accuracy(train_count: int = 2048, eval_images: np.ndarray | None = None,
-                         eval_labels: np.ndarray | None = None) -> dict:
-    """A raw-pixel linear probe: ridge regression to one-hot labels on train samples, top-1 on eval images.
+# What a teacher run writes, which settings a resume may change, how many steps a config asks for.
+TEACHER_RUNS = RunRules(
+    command="python -m dualtoken_lite teacher",
+    files=("config.json", "metrics.jsonl", "summary.json", "checkpoints", "model"),
+    resumable=("steps", "eval_every", "eval_count", "save_every", "keep_checkpoints", "threads"),
+    load_config=saved_config_loader(TeacherConfig),
+    total_steps=lambda cfg: cfg.steps,
+)
 
-    The ridge strength is picked on 1,024 further train samples; the (N x N) dual system is solved in float64.
+
+class FullPrecision:
+    """What a checkpoint asks of a model (training.checkpoints): ``save_pretrained`` and ``state_dict``. Checkpoints
+    keep float32 weights, so a resumed run goes on from exactly the weights it stopped with."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def save_pretrained(self, folder) -> None:
+        save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()},
+                  str(Path(folder) / WEIGHTS_NAME))
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+
+def train_teacher(cfg: TeacherConfig, pool: CaptionedPool, check_images: np.ndarray, check_labels: dict,
+                  log=print, folder: RunFolder | None = None) -> TinySigLIP:
+    """Train a TinySigLIP from scratch with ``cfg`` on ``pool``; log loss, t, b and held-out zero-shot accuracy.
+
+    ``folder``: an owned run folder (training.run_folder) to continue from (its plan's checkpoint), to begin writing
+    in once everything is built, and to keep checkpoints, metrics.jsonl and a clean stop in; None trains in memory.
     """
-    images, labels = make_batch(0, train_count + 1024, "train")
-    x = to_tensor(images).flatten(1)  # (N, 3 h w) raw pixels in [-1, 1]
-    mean = x[:train_count].mean(0)
-    x = x - mean
-    xt, xv = x[:train_count], x[train_count:]
-    y = F.one_hot(torch.from_numpy(labels[:train_count]), len(CLASSES)).double()
-    gram = (xt @ xt.T).double()  # (N, N)
-    scale = gram.diagonal().mean().item()
-    best = None
-    for lam in (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0):
-        alpha = torch.linalg.solve(gram + lam * scale * torch.eye(train_count, dtype=gram.dtype), y)
-        weights = xt.T @ alpha.float()  # (3 h w, classes)
-        acc = float(((xv @ weights).argmax(1).numpy() == labels[train_count:]).mean())
-        if best is None or acc > best[1]:
-            best = (lam, acc, weights)
-    lam, val_acc, weights = best
-    result = {"train_count": train_count, "ridge": lam, "val_accuracy": val_acc}
-    if eval_images is not None:
-        xe = to_tensor(eval_images).flatten(1) - mean
-        result["eval_accuracy"] = float(((xe @ weights).argmax(1).numpy() == eval_labels).mean())
-    return result
-
-
-def train_teacher(cfg: TeacherConfig, eval_images: np.ndarray, eval_labels: np.ndarray, log=print) -> Teacher:
-    """Train a Teacher from scratch with ``cfg``; log loss, learning rate and held-out accuracy as it goes."""
+    validate_teacher_config(cfg)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    model = Teacher()
-    # weight decay on matrices only: biases, norms, position embeddings and the MAP probe are left alone
-    groups = decay_groups(model, cfg.weight_decay, no_decay=("pos_embed", "latent"))
+    model = TinySigLIP(text=TextConfig(layers=cfg.text_layers, pool=cfg.text_pool, token_init=cfg.token_init))
+    # weight decay on matrices only: biases, norms, position embeddings, the MAP probe, t' and b are left alone
+    no_decay = ("pos_embed", "latent", "positional_embedding")
+    groups = decay_groups(model.trunk, cfg.weight_decay, no_decay)
+    for group in decay_groups(model.text, cfg.weight_decay, no_decay):
+        groups.append({**group, "lr_scale": cfg.text_lr})
+    groups.append({"params": [model.logit_scale, model.logit_bias], "weight_decay": 0.0, "lr_scale": cfg.scale_bias_lr})
+    for group in groups:
+        group["lr"] = cfg.peak_lr * group.get("lr_scale", 1.0)
     optimizer = torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=cfg.betas)
     schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.steps, cfg.final_lr_ratio)
-    start = time.time()
-    pool_x, pool_y = generate_pool(cfg.pool_size, workers=cfg.threads)
-    log(f"generated {cfg.pool_size} training images in {time.time() - start:.0f} s")
+    loss_fn = SigmoidLoss(matches="ignore" if cfg.positives == "ignore" else "positive")
     g = torch.Generator().manual_seed(cfg.seed)
+    step, logger = 0, None
+    if folder is not None:
+        if folder.plan.checkpoint is not None:
+            step = restore_loop(folder.plan.checkpoint, model, optimizer, schedule, g,
+                                lambda at: warmup_cosine(at, cfg.warmup_steps, cfg.steps, cfg.final_lr_ratio))
+        folder.begin()  # nothing was written before this point
+        if step:
+            truncate_metrics(folder.path, step)
+            log(f"resumed {folder.path} at step {step}")
+        logger = MetricsLogger(folder.path)
+    start = time.time()
     model.train()
-    for step in range(cfg.steps):
-        idx = torch.randint(0, cfg.pool_size, (cfg.batch_size,), generator=g)
-        x = dihedral(to_tensor(pool_x[idx].numpy()), g)  # (B, 3, h, w)
+    while step < cfg.steps:
+        idx = torch.randint(0, len(pool), (cfg.batch_size,), generator=g)
+        batch = pool.batch(idx, g, cfg.augment == "dihedral", cfg.captions_per_image, cfg.hard_negatives,
+                           cfg.full_caption, prompts=cfg.prompts)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = model(x)  # (B, classes)
-        loss = F.cross_entropy(logits.float(), pool_y[idx], label_smoothing=cfg.label_smoothing)
+            x, y, scale, bias = model(batch["images"], batch["tokens"])  # (B, C), (B, C), t, b
+        keys = (batch["image_keys"], batch["text_keys"]) if cfg.positives != "diagonal" else (None, None)
+        keyed = batch["keyed"] if keys[0] is not None else None  # prompts: + where true of the image, - where false
+        loss = loss_fn(x.float(), y.float(), scale, bias, *keys, owners=batch["owners"], keyed=keyed)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"non-finite loss at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         lr = schedule.get_last_lr()[0]
         schedule.step()
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            acc = accuracy(model, eval_images, eval_labels)
-            log(f"step {step + 1}/{cfg.steps}  loss {loss.item():.3f}  lr {lr:.2e}  "
-                f"eval acc {acc:.3f}  {time.time() - start:.0f} s")
-    model.eval()
-    return model
+        step += 1
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            acc = held_out_check(model, check_images, check_labels)
+            log(f"step {step}/{cfg.steps}  loss {loss.item():.3f}  t {scale.item():.1f}  b {bias.item():.2f}  "
+                f"lr {lr:.2e}  zero-shot (eval 512-{511 + len(check_images)}) "
+                + " ".join(f"{a} {v:.3f}" for a, v in acc.items()) + f"  {time.time() - start:.0f} s")
+            if logger is not None:
+                logger.log(step, {"loss": loss, "t": scale, "b": bias, "lr": lr, "zero_shot": acc})
+        if folder is not None:
+            stop = folder.stop_signal()  # SIGTERM / Ctrl-C: stop after this step with a checkpoint
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop:
+                state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                         "batches": g.get_state(), "rng": capture_rng_state()}
+                folder.save_checkpoint(step, FullPrecision(model), state, keep=cfg.keep_checkpoints)
+            if stop:
+                folder.stop(step, stop)
+    return model.eval()
 
 
-def save_teacher(model: Teacher, card: dict, folder: str | os.PathLike = TEACHER_DIR) -> None:
-    """Write ``teacher.safetensors`` (trunk.* and head.* tensors, stored as float16 to halve the file) and
-    ``teacher.json`` (configs, figures). Measure figures on the reloaded weights: they are what ships."""
-    os.makedirs(folder, exist_ok=True)
-    weights = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, os.path.join(folder, WEIGHTS_FILE))
-    with open(os.path.join(folder, CARD_FILE), "w") as f:
-        json.dump(card, f, indent=2)
-        f.write("\n")
+def machine() -> str:
+    """The machine a card was measured on, in words."""
+    return f"{os.cpu_count()}-core {platform.processor() or platform.machine()} CPU, torch {torch.__version__}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite teacher", description="Train the tiny world's teacher and ship its weights.")
-    for name, value in asdict(TeacherConfig()).items():
-        if not isinstance(value, tuple):
-            kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
-            parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
-    parser.add_argument("--out", default=str(TEACHER_DIR), help="folder for teacher.safetensors and teacher.json")
-    parser.add_argument("--data", default=str(TINYWORLD_ROOT), help="folder of the tiny world's shards")
+def refuse_shipped_folder(folder: Path) -> None:
+    """A run never writes into the shipped teacher's folder (nor below it): its card and weights stay as measured."""
+    shipped, target = Path(TEACHER_DIR).resolve(), folder.resolve()
+    if target == shipped or shipped in target.parents:
+        raise ConfigError(f"--out {folder} is the shipped teacher's folder; train into a run folder (--out "
+                          "runs/teacher) and copy its model/ there after reading its card")
+
+
+def run(cfg: TeacherConfig, given: set[str] | None = None, pool_cache: str | None = None, command: str = "") -> dict:
+    """Train (or continue, or report) a teacher run; return its summary. ``given``: the fields the command line set,
+    which a resume compares with the run's saved config (None: all of them)."""
+    validate_teacher_config(cfg)
+    refuse_shipped_folder(target_folder(cfg, given))
+    load_before = os.getloadavg()
+    with RunFolder(cfg, TEACHER_RUNS, given=given) as folder:
+        if folder.plan.action == "finished":
+            print(f"{folder.path} holds a finished teacher run: nothing to train. Its summary is "
+                  f"{folder.path / 'summary.json'}; --steps N continues it, --overwrite starts over.", file=sys.stderr)
+            return {**folder.plan.summary, "already_finished": True}
+        cfg, resumed = folder.cfg, folder.plan.checkpoint
+        start = time.time()
+        pool = CaptionedPool(*load_pool(cfg.pool_size, cfg.threads, pool_cache))
+        print(f"drew {len(pool)} training images in {time.time() - start:.0f} s", flush=True)
+        check_images, check_metas = make_samples(512, cfg.eval_count, "eval")  # eval images 512..: the selection half
+        model = train_teacher(cfg, pool, check_images, attribute_labels(check_metas),
+                              log=lambda line: print(line, flush=True), folder=folder)
+        card = {"command": command, "recipe": {k: v for k, v in asdict(cfg).items() if k not in CONTROL},
+                "train_minutes": round((time.time() - start) / 60, 1), "resumed_from": resumed,
+                "threads": cfg.threads, "load_average_before": [round(v, 2) for v in load_before],
+                "load_average_after": [round(v, 2) for v in os.getloadavg()], "machine": machine(),
+                "weights_dtype": "float16 (loaded as float32)"}
+        needed = payload_bytes(model.state_dict()) // 2
+        folder.save_model(lambda tmp: save_teacher(model, card, tmp), needed)
+        card["figures"] = measure_teacher(folder.path / "model")  # measured on the saved float16 weights
+        folder.save_model(lambda tmp: save_teacher(model, card, tmp), needed)
+        summary = {"step": cfg.steps, "fingerprint": read_card(folder.path / "model")["fingerprint"],
+                   "train_minutes": card["train_minutes"], "figures": card["figures"]}
+        folder.write_summary(summary)
+    print(json.dumps(summary["figures"], indent=2))
+    return summary
+
+
+def parse_command_line(argv: list[str]) -> tuple[TeacherConfig, set[str], str | None]:
+    """``--field value`` flags onto TeacherConfig (a bare boolean flag is true); the config, the fields given, and
+    ``--pool-cache``."""
+    def truth(text: str) -> bool:
+        if text.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: give true or false")
+        return text.lower() in ("1", "true", "yes")
+
+    parser = argparse.ArgumentParser(prog="python -m dualtoken_lite teacher", description=__doc__.split("\n")[0],
+                                     argument_default=argparse.SUPPRESS)
+    for f in fields(TeacherConfig):
+        value, flag = getattr(TeacherConfig(), f.name), f"--{f.name.replace('_', '-')}"
+        if isinstance(value, tuple):
+            continue  # betas: fixed by the recipe
+        if isinstance(value, bool):
+            parser.add_argument(flag, type=truth, nargs="?", const=True, help=f"(default {value})")
+        else:
+            parser.add_argument(flag, type=int if isinstance(value, int) else float if isinstance(value, float)
+                                else str, help=f"(default {value!r})")
+    parser.add_argument("--pool-cache", default=None, help="a .npz file keeping the drawn pool between runs")
     args = vars(parser.parse_args(argv))
-    out, data = args.pop("out"), args.pop("data")
-    cfg = TeacherConfig(**args)
-    eval_images, eval_labels = load_split(ensure_tinyworld(data, splits=("eval",))["eval"])
-    start = time.time()
-    model = train_teacher(cfg, eval_images, eval_labels)
-    card = {
-        "classes": list(CLASSES),
-        "backbone": asdict(model.backbone),
-        "recipe": asdict(cfg),
-        "weights_dtype": "float16 (loaded as float32)",
-        "train_minutes": round((time.time() - start) / 60, 1),
-        "command": f"OMP_NUM_THREADS={cfg.threads} python -m dualtoken_lite teacher "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": "2-core AMD EPYC CPU (AVX-512 bf16), torch " + torch.__version__,
-    }
-    save_teacher(model, card, out)
-    card.update(measure_teacher(out, eval_images, eval_labels))
-    save_teacher(model, card, out)
-    print(json.dumps({k: v for k, v in card.items() if k not in ("backbone", "recipe")}, indent=2))
+    pool_cache = args.pop("pool_cache")
+    return TeacherConfig(**args), set(args), pool_cache
 
 
-def measure_teacher(folder: str, eval_images: np.ndarray, eval_labels: np.ndarray) -> dict:
-    """The figures the card states, measured on the shipped weights: held-out accuracy and the pixel probe."""
-    torch.set_num_threads(1)
-    model = nn.Sequential(*load_teacher(folder))
-    big_images, big_labels = make_batch(0, 8192, "eval")
-    return {
-        "eval_shard_accuracy": accuracy(model, eval_images, eval_labels),
-        "eval_shard_count": len(eval_labels),
-        "eval_8192_accuracy": accuracy(model, big_images, big_labels),
-        "pixel_probe": pixel_probe_accuracy(2048, eval_images, eval_labels),
-    }
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, given, pool_cache = parse_command_line(argv)
+    summary = run(cfg, given, pool_cache, command="python -m dualtoken_lite teacher " + " ".join(argv))
+    if not summary.get("already_finished"):
+        print(f"wrote {target_folder(cfg, given)}/ (model/: the teacher folder, checkpoints/, metrics.jsonl, "
+              "summary.json)")
+    return 0
+
+
+def load_pool(count: int, workers: int, cache: str | None) -> tuple[np.ndarray, list[dict]]:
+    """The drawn pool, from ``cache`` when it holds this many samples, else drawn (and written to ``cache``)."""
+    if cache and os.path.exists(cache):
+        with np.load(cache, allow_pickle=False) as data:
+            if len(data["images"]) == count:
+                return data["images"], json.loads(str(data["metas"]))
+    images, metas = draw_pool(count, "train", workers)
+    if cache:
+        np.savez(cache, images=images, metas=json.dumps(metas))
+    return images, metas
 
 
 if __name__ == "__main__":
-    main()
+    from dualtoken_lite.settings import run_cli
+
+    sys.exit(run_cli(main))

@@ -216,6 +216,24 @@ def resume_point(resume: str | None, out: str | Path) -> Path | None:
     return found
 
 
+def restore_loop(checkpoint: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule,
+                 batches: torch.Generator, lr_at: Callable[[int], float]) -> int:
+    """Continue a plain training loop (the teacher's, the unified model's) from a checkpoint folder: the weights
+    (strict), optimizer, schedule, batch generator and every RNG; returns the step. ``lr_at(step)`` is the schedule's
+    multiplier at a step, so a run given more steps continues on its stretched schedule."""
+    weights = read_weights(Path(checkpoint) / WEIGHTS_NAME)
+    check_state_dict(model.state_dict(), weights, str(checkpoint))
+    model.load_state_dict(weights, strict=True)
+    state = load_training_state(checkpoint)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    batches.set_state(state["batches"])
+    restore_rng_state(state["rng"])
+    for group, base in zip(optimizer.param_groups, schedule.base_lrs):
+        group["lr"] = base * lr_at(state["step"])
+    return state["step"]
+
+
 def resume(trainer, folder: str | Path) -> None:
     """Continue ``trainer`` from a checkpoint folder: the model's weights (strict), then its training state."""
     folder = Path(folder)

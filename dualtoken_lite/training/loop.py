@@ -10,11 +10,13 @@ accepted with their meanings (training.arguments.RELEASE_FLAGS). One optimizer s
 gradients are summed, then one AdamW step, then ONE codebook EMA update (all-reduced across ranks), then one
 discriminator step when the GAN is on. A run writes into --out:
 
-    config.json  metrics.jsonl  images/step_*.png  checkpoints/step_*/  summary.json  model/ (final weights)
+    config.json  teacher.json  metrics.jsonl  images/step_*.png  checkpoints/step_*/  summary.json  model/
 
-The folder belongs to one run at a time (training.run_folder: its lock, what a start may do with it). SIGTERM or
-Ctrl-C finishes the current step, writes a checkpoint and prints the command that continues the run (exit 4; a
-second Ctrl-C stops at once: training.interrupts); NaN or inf in a step stops the run naming it (exit 3).
+The folder belongs to one run at a time (training.run_folder: its lock, what a start may do with it). teacher.json
+names the tiny-world teacher the run distils from, and a resume with other teacher weights is refused
+(training.teacher_record). SIGTERM or Ctrl-C finishes the current step, writes a checkpoint and prints the command
+that continues the run (exit 4; a second Ctrl-C stops at once: training.interrupts); NaN or inf in a step stops the
+run naming it (exit 3).
 """
 
 from __future__ import annotations
@@ -41,15 +43,18 @@ from dualtoken_lite.training.logs import MetricsLogger, reconstruction_grid, tru
 from dualtoken_lite.training.run_folder import NonFiniteError, RunFolder, RunRules
 from dualtoken_lite.training.setup import build_trainer
 from dualtoken_lite.training.steps import Trainer
+from dualtoken_lite.training.teacher_record import TEACHER_RECORD, check_same_teacher, record_text
 
 # What a tokenizer run writes, which settings a resume may change, how many steps a config asks for.
 TOKENIZER_RUNS = RunRules(
     command="python -m dualtoken_lite.train",
-    files=("config.json", "metrics.jsonl", "summary.json", "checkpoints", "images", "model", "tensorboard"),
+    files=("config.json", TEACHER_RECORD, "metrics.jsonl", "summary.json", "checkpoints", "images", "model",
+           "tensorboard"),
     resumable=("max_steps", "epochs", "log_every", "image_every", "eval_every", "eval_samples", "save_every",
                "keep_checkpoints", "tensorboard", "workers", "threads"),
     load_config=load_run_config,
     total_steps=lambda cfg: cfg.max_steps,
+    check_resume=lambda cfg, run_dir: check_same_teacher(run_dir, cfg.teacher),  # the run's own teacher, or none
 )
 
 
@@ -104,8 +109,9 @@ def _train(folder: RunFolder, hooks: RunHooks) -> dict:
         return {**plan.summary, "already_finished": True} if world.is_main else {}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    records = record_text(cfg.teacher)  # which teacher the run distils from (a missing one is named here)
     tr: Trainer = build_trainer(cfg, world)
-    folder.begin()  # nothing was written before: a start refused for its data leaves the folder as it was
+    folder.begin(records)  # nothing was written before: a start refused for its data leaves the folder as it was
     find_unused = cfg.model.semantic_layer is None or cfg.stage == 2  # branches without a gradient
     model = DDP(tr.model, find_unused_parameters=find_unused) if world.distributed else tr.model
     logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, enabled=world.is_main)
@@ -116,7 +122,7 @@ def _train(folder: RunFolder, hooks: RunHooks) -> dict:
     t0, images_seen = time.perf_counter(), 0
     with bar:  # closed before any error line, so that line stands alone
         while tr.step < tr.total_steps:
-            micro, losses, last, logs = _step(tr, model, batches, hooks)
+            micro, losses, last, logs = train_step(tr, model, batches, hooks)
             images_seen += sum(batch["image"].shape[0] for batch in micro) * world.world_size
             bar.update(1)
             hooks.call("after_step", tr.step)
@@ -144,6 +150,8 @@ def _train(folder: RunFolder, hooks: RunHooks) -> dict:
     folder.save_model(tr.model.save_pretrained, payload_bytes(tr.model.state_dict()))
     if world.is_main:
         summary = {**tr.final_summary(skipped), "world_size": world.world_size, "ranks_identical": identical}
+        if records:
+            summary["teacher_fingerprint"] = json.loads(records[TEACHER_RECORD])["fingerprint"]
         if summary.get("eval"):
             logger.log(tr.step, {"eval": summary["eval"]})
     folder.write_summary(summary)
@@ -151,7 +159,7 @@ def _train(folder: RunFolder, hooks: RunHooks) -> dict:
     return summary
 
 
-def _step(tr: Trainer, model, batches, hooks: RunHooks) -> tuple[list[dict], dict, object, dict]:
+def train_step(tr: Trainer, model, batches, hooks: RunHooks) -> tuple[list[dict], dict, object, dict]:
     """One optimizer step: ``grad_accum`` micro-batches, every rank's losses checked finite, AdamW, one codebook
     update, one discriminator step when the GAN is on. Returns (micro-batches, mean losses, the last model output,
     the codebook and discriminator figures)."""

@@ -48,7 +48,7 @@ PRESETS: dict[str, TrainConfig] = {
     # and a narrower discriminator (32 base channels, 434,625 parameters, 8x8 logits at 64 px) for the small decoder.
     "tiny": TrainConfig(
         preset="tiny",
-        bf16=True,  # bf16 autocast on the CPU too: 1.36x faster steps, PSNR unchanged (benchmarks/step_speed.py)
+        bf16=True,  # bf16 autocast on the CPU too: a precision choice (benchmarks/step_speed.py times each precision)
         model=model_preset("tiny"),
         loss=LossConfig(perceptual_weight=0.0, disc_channels=32),
     ),

@@ -4,7 +4,7 @@
         if folder.plan.action == "finished": return folder.plan.summary
         cfg = folder.cfg                                   # the saved config on resume, plus the allowed changes
         ...build the model and data; folder.plan.checkpoint is what to continue from, or None...
-        folder.begin()                                     # only now is anything written: config.json
+        folder.begin(records)                              # only now is anything written: config.json (+ records)
         while step < total:
             ...one step (NaN or inf: raise NonFiniteError naming it, exit 3)...
             stop = folder.stop_signal()                    # SIGTERM / Ctrl-C on any rank (training.interrupts)
@@ -115,9 +115,11 @@ class RunFolder:
         self.plan, self.cfg = outcome, outcome.cfg
         return self
 
-    def begin(self) -> None:
+    def begin(self, records: dict[str, str] | None = None) -> None:
         """Start writing (call it once the model and data are ready): clear the run that --overwrite replaces, write
-        config.json, report changed settings. From now on the first SIGTERM / Ctrl-C stops after the current step."""
+        config.json and, for a new run, ``records`` (file name -> text: what the run depends on beyond its config,
+        such as the teacher it distils from), report changed settings. From now on the first SIGTERM / Ctrl-C stops
+        after the current step."""
         def start() -> None:
             if self.plan.action == "new" and self.cfg.overwrite:
                 clear_run(self.path, self.rules.files)
@@ -126,6 +128,9 @@ class RunFolder:
                 remove_left_behind(folder)  # temporaries of this host's dead processes
             if self.plan.action == "new" or self.plan.changed:
                 self.write_text("config.json", json.dumps(to_dict(self.cfg), indent=2) + "\n")
+            if self.plan.action == "new":
+                for name, text in (records or {}).items():
+                    self.write_text(name, text)
             for name, (before, now) in (self.plan.changed or {}).items():
                 print(f"resume: {name} changed from {before!r} to {now!r}", file=sys.stderr)
 

@@ -16,7 +16,9 @@ folder is ``--out``, or the one ``--resume RUN`` names when ``--out`` is not giv
 Resuming takes the run's saved ``config.json`` as the truth. A setting given on the command line that differs from
 it is refused with both values named, except those in ``rules.resumable``, which may change and are reported; a
 ``--out`` other than the resumed run's folder is refused. A longer run stretches the cosine learning-rate schedule
-to the new total. The plan is made before anything is written, while holding the folder's lock (training.run_folder).
+to the new total. A trainer may refuse a resume for a reason of its own (``rules.check_resume``: the tokenizer
+trainer refuses a teacher whose weights differ from the run's, training.teacher_record). The plan is made before
+anything is written, while holding the folder's lock (training.run_folder).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dualtoken_lite.settings import to_dict
+from dualtoken_lite.settings import ConfigError, from_dict, missing_fields, to_dict
 from dualtoken_lite.training.checkpoints import latest_checkpoint, resume_point
 from dualtoken_lite.training.run_lock import RunFolderError
 
@@ -47,6 +49,8 @@ class RunRules:
     resumable: tuple[str, ...]  # config fields a resume may change (dotted; a prefix covers the fields below it)
     load_config: Callable[[Path], Any]  # a run folder -> the config its config.json holds (strictly checked)
     total_steps: Callable[[Any], int | None]  # the steps a config asks for (None: known once the data is read)
+    check_resume: Callable[[Any, Path], None] | None = None  # (config to run with, run folder) -> None, or raise
+    #                                                          RunFolderError when that run cannot go on with it
 
 
 @dataclass
@@ -109,6 +113,8 @@ def plan_start(cfg: Any, rules: RunRules, given: set[str] | None = None) -> Plan
                              ) from None
     run_dir = point.parent.parent if point.parent.name == "checkpoints" else point
     merged, changed = merge_with_saved(cfg, run_dir, given, rules)
+    if rules.check_resume is not None:  # what only the trainer knows (the tokenizer's: the same teacher)
+        rules.check_resume(merged, run_dir)
     merged.resume = str(point)
     summary_file, total = run_dir / "summary.json", rules.total_steps(merged)
     if summary_file.is_file() and (run_dir / "model").is_dir():
@@ -116,6 +122,21 @@ def plan_start(cfg: Any, rules: RunRules, given: set[str] | None = None) -> Plan
         if summary.get("step") == step_of(point) and (total is None or step_of(point) >= total):
             return Plan("finished", merged, str(point), changed, summary)
     return Plan("resume", merged, str(point), changed)
+
+
+def saved_config_loader(config_class: type) -> Callable[[Path], Any]:
+    """``RunRules.load_config`` for a trainer whose config is the dataclass ``config_class``: a run folder's
+    config.json, every field present and of its type (a file from another version is refused, naming the fields)."""
+    def load(folder: Path) -> Any:
+        path = folder / "config.json"
+        data = json.loads(path.read_text())
+        missing = missing_fields(config_class, data)
+        if missing:
+            raise ConfigError(f"{path} lacks the field(s) {missing}: it was not written by this version of "
+                              "dualtoken_lite's trainer; start a new run (--out) instead of resuming it")
+        return from_dict(config_class, data, str(path))
+
+    return load
 
 
 def merge_with_saved(cfg: Any, run_dir: Path, given: set[str] | None, rules: RunRules) -> tuple[Any, dict]:

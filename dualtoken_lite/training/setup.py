@@ -25,13 +25,15 @@ from dualtoken_lite.model.config import ModelConfig
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.group_norm import set_fast_group_norm
 from dualtoken_lite.model.hf_siglip import is_hf_spec, load_hf_trunk
+from dualtoken_lite.model.onednn_linear import use_onednn_linear
 from dualtoken_lite.model.pretrained import check_state_dict
 from dualtoken_lite.model.release import model_from_release
 from dualtoken_lite.model.release_files import read_release_checkpoint
 from dualtoken_lite.tinyworld.shards import resolve_data
-from dualtoken_lite.tinyworld.teacher import load_teacher
+from dualtoken_lite.tinyworld.teacher import TinySigLIP, load_teacher
 from dualtoken_lite.training import distributed as dist_utils
 from dualtoken_lite.training.adversarial import Adversary
+from dualtoken_lite.training.allocator import keep_freed_memory
 from dualtoken_lite.training.checkpoints import resume
 from dualtoken_lite.training.config import TrainConfig
 from dualtoken_lite.training.optim import build_adamw, build_schedule
@@ -46,23 +48,25 @@ def seed_everything(seed: int) -> None:
 
 
 def build_teacher(spec: str, model: DualToken | None, tower_init: str = "teacher"
-                  ) -> tuple[nn.Module, nn.Module | None]:
-    """The frozen distillation teacher (a trunk) and, for the tiny world, its class head (the zero-shot stand-in).
+                  ) -> tuple[nn.Module, TinySigLIP | None]:
+    """The frozen distillation teacher (an image tower) and, for the tiny world, the whole tiny SigLIP, whose
+    text tower scores the tokenizer zero-shot.
 
-    "shipped": the tiny world's trained teacher, which is also the starting point of the tokenizer's tower
-    (unless ``tower_init="scratch"``, which keeps the tower's random init);
+    "shipped": the tiny world's trained teacher, whose image tower is also the starting point of the tokenizer's
+    tower (unless ``tower_init="scratch"``, which keeps the tower's random init);
     "backbone": a frozen copy of the tower as built (the pretrained SigLIP at paper scale);
     "hf:<repo id>" or a transformers SigLIP / SigLIP2 folder: that tower, frozen (model/hf_siglip.py);
-    a folder: a teacher saved by ``python -m dualtoken_lite teacher --out FOLDER``.
+    a teacher folder: ``RUN/model`` of ``python -m dualtoken_lite teacher --out RUN`` (``data/teacher/`` is a copy
+    of one).
     """
     if is_hf_spec(spec):
         image_size = model.cfg.backbone.image_size if model is not None else None
         return load_hf_trunk(spec, image_size).eval().requires_grad_(False), None
     if spec == "shipped" or (spec and Path(spec).is_dir()):
-        trunk, head = load_teacher(None if spec == "shipped" else spec)
+        siglip = load_teacher(None if spec == "shipped" else spec)
         if tower_init == "teacher":
-            model.encoder.trunk.load_state_dict(trunk.state_dict(), strict=True)
-        return trunk, head
+            model.encoder.trunk.load_state_dict(siglip.trunk.state_dict(), strict=True)
+        return siglip.trunk, siglip
     if spec == "backbone":
         return copy.deepcopy(model.encoder.trunk).eval().requires_grad_(False), None
     raise ValueError(f"teacher={spec!r}: use 'shipped' (tiny world), 'backbone' or a teacher folder")
@@ -79,9 +83,13 @@ def load_start(spec: str, model_cfg: ModelConfig) -> DualToken:
     return DualToken.from_pretrained(spec)
 
 
-def apply_speed_levers(model: DualToken, cfg: TrainConfig) -> None:
+def apply_speed_levers(model: DualToken, teacher: nn.Module, cfg: TrainConfig) -> None:
     """The levers of ``TrainConfig`` that change how the model computes, never what (benchmarks/step_speed.py)."""
     set_fast_group_norm(model, cfg.fast_group_norm)
+    for module in (model, teacher):
+        use_onednn_linear(module, cfg.onednn_linear)
+    if cfg.keep_freed_memory and next(model.parameters()).device.type == "cpu":
+        keep_freed_memory()  # process-wide: glibc's malloc thresholds
     if cfg.compile_decoder:  # in place: the state dict keeps its keys (no "_orig_mod." prefix)
         model.post_quant_block.compile()
         model.decoder.compile()
@@ -103,15 +111,15 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     model = DualToken(cfg.model).to(world.device)
-    teacher, head = build_teacher(cfg.teacher, model, cfg.tower_init)
+    teacher, siglip = build_teacher(cfg.teacher, model, cfg.tower_init)
     if cfg.init_from:
         start = load_start(cfg.init_from, cfg.model)
         check_state_dict(model.state_dict(), start.state_dict(), cfg.init_from)
         model.load_state_dict(start.state_dict(), strict=True)
-    teacher, head = teacher.to(world.device), head.to(world.device) if head is not None else None
+    teacher, siglip = teacher.to(world.device), siglip.to(world.device) if siglip is not None else None
     apply_stage(model, cfg.stage)
     stage_train_mode(model, cfg.stage)
-    apply_speed_levers(model, cfg)
+    apply_speed_levers(model, teacher, cfg)
     optimizer = build_adamw(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.adam_eps, cfg.weight_decay,
                             fused=cfg.fused_adamw)
     scheduler = build_schedule(optimizer, cfg.warmup_steps, total, cfg.min_lr_ratio)
@@ -126,7 +134,7 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
     perceptual = build_perceptual(cfg.loss) if "perceptual" in get_stage(cfg.stage).terms else None
     perceptual = perceptual.to(world.device) if perceptual is not None else None
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else world.device.type == "cuda"
-    tr = Trainer(cfg=cfg, world=world, model=model, teacher=teacher, head=head, optimizer=optimizer,
+    tr = Trainer(cfg=cfg, world=world, model=model, teacher=teacher, siglip=siglip, optimizer=optimizer,
                  scheduler=scheduler, loader=loader, steps_per_epoch=steps_per_epoch, total_steps=total, adversary=adversary,
                  perceptual=perceptual, autocast=use_bf16)
     if cfg.resume:

@@ -21,6 +21,7 @@ from torch import nn
 from dualtoken_lite.datasets.loader import DataError, build_loader
 from dualtoken_lite.evaluation.loop import evaluate_codes
 from dualtoken_lite.evaluation.metrics import psnr
+from dualtoken_lite.evaluation.zero_shot import tinyworld_score
 from dualtoken_lite.losses.stages import get_stage, stage_train_mode
 from dualtoken_lite.losses.terms import targets_from_teacher, term_status, tokenizer_loss
 from dualtoken_lite.model.dualtoken import DualToken
@@ -42,7 +43,7 @@ class Trainer:
     world: dist_utils.World  # rank, world size, device
     model: DualToken  # the tokenizer being trained (unwrapped; the loop wraps it in DDP)
     teacher: nn.Module  # frozen trunk giving the distillation targets
-    head: nn.Module | None  # the tiny world's class head on pooled embeddings (semantic accuracy), else None
+    siglip: nn.Module | None  # the tiny world's teacher with its text tower (zero-shot accuracy), else None
     optimizer: torch.optim.Optimizer  # AdamW of the tokenizer
     scheduler: torch.optim.lr_scheduler.LRScheduler  # warmup + cosine
     loader: object  # datasets.loader's resumable loader of training batches
@@ -159,9 +160,8 @@ class Trainer:
         source = resolve_data(self.cfg.eval_data, self.world.is_main, dist_utils.barrier)
         batches = build_loader(source, self.model.cfg.backbone.image_size, self.cfg.batch_size, train=False,
                                seed=self.cfg.seed)
-        teacher = (lambda x: self.teacher(x)) if self.head is not None else None
-        result = evaluate_codes(self.model, batches, max_images=self.cfg.eval_samples, head=self.head,
-                                teacher=teacher)
+        semantic = tinyworld_score(self.siglip, self.world.device) if self.siglip is not None else None
+        result = evaluate_codes(self.model, batches, max_images=self.cfg.eval_samples, semantic=semantic)
         stage_train_mode(self.model, self.cfg.stage)
         return result
 

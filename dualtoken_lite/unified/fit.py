@@ -32,26 +32,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dualtoken_lite.model.pretrained import check_state_dict, read_weights
 from dualtoken_lite.settings import (
     ConfigError,
-    from_dict,
-    missing_fields,
     require_at_least,
     require_finite,
     to_dict,
 )
 from dualtoken_lite.training.arguments import flag_pairs, set_field
-from dualtoken_lite.training.checkpoints import (
-    capture_rng_state,
-    load_training_state,
-    payload_bytes,
-    restore_rng_state,
-)
+from dualtoken_lite.training.checkpoints import capture_rng_state, payload_bytes, restore_loop
 from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
 from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
 from dualtoken_lite.training.precision import precision_context
 from dualtoken_lite.training.run_folder import NonFiniteError, RunFolder, RunRules
+from dualtoken_lite.training.run_plan import saved_config_loader
 from dualtoken_lite.unified.token_cache import fingerprint
 from dualtoken_lite.unified.weights import count_parameters, load_model, save_model
 
@@ -128,17 +121,8 @@ def flat_config(cfg) -> dict:
 
 def unified_rules(config_class: type, name: str) -> RunRules:
     """The run-folder rules of a unified trainer (``name``: its command, e.g. "train_reader")."""
-    def load_config(folder: Path):
-        path = folder / "config.json"
-        data = json.loads(path.read_text())
-        missing = missing_fields(config_class, data)
-        if missing:
-            raise ConfigError(f"{path} lacks the field(s) {missing}: it was not written by this version of "
-                              "dualtoken_lite's trainer; start a new run (--out) instead of resuming it")
-        return from_dict(config_class, data, str(path))
-
     return RunRules(command=f"python -m dualtoken_lite {name}", files=RUN_FILES, resumable=RESUMABLE,
-                    load_config=load_config, total_steps=lambda cfg: cfg.loop.steps)
+                    load_config=saved_config_loader(config_class), total_steps=lambda cfg: cfg.loop.steps)
 
 
 def report_finished(folder: RunFolder, headline: str) -> dict:
@@ -191,19 +175,9 @@ def fit(model: nn.Module, folder: RunFolder, batch_loss: Callable[[torch.Tensor,
     schedule = build_schedule(optimizer, loop.warmup_steps, loop.steps, loop.min_lr_ratio)
     batches = torch.Generator().manual_seed(loop.seed)
     step = 0
-    if folder.plan.checkpoint is not None:
-        checkpoint = Path(folder.plan.checkpoint)
-        weights = read_weights(checkpoint / "model.safetensors")
-        check_state_dict(model.state_dict(), weights, str(checkpoint))
-        model.load_state_dict(weights, strict=True)
-        state = load_training_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        batches.set_state(state["batches"])
-        restore_rng_state(state["rng"])
-        step = state["step"]
-        for group, base in zip(optimizer.param_groups, schedule.base_lrs):  # a longer --steps stretches the cosine:
-            group["lr"] = base * warmup_cosine(step, loop.warmup_steps, loop.steps, loop.min_lr_ratio)  # its rate now
+    if folder.plan.checkpoint is not None:  # a longer --steps continues on the stretched cosine
+        step = restore_loop(folder.plan.checkpoint, model, optimizer, schedule, batches,
+                            lambda s: warmup_cosine(s, loop.warmup_steps, loop.steps, loop.min_lr_ratio))
     folder.begin()  # nothing was written before this point
     if step:
         truncate_metrics(out, step)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import ConfigError, UserError
 from dualtoken_lite.tinyworld.drawing import CLASSES
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.training.run_folder import RunFolder
 from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
 from dualtoken_lite.unified.fit import (
@@ -51,7 +51,7 @@ class GeneratorTrainConfig:
     """One generator's run."""
 
     out: str = "runs/unified/generator-both-s0"  # run folder (config.json, metrics.jsonl, checkpoints/, model/)
-    tokenizer: str = str(TOKENIZER_DIR)  # the save_pretrained tokenizer folder whose codes it models and decodes
+    tokenizer: str = str(UNIFIED_TOKENIZER_DIR)  # the save_pretrained tokenizer folder whose codes it models and decodes
     cache_dir: str = "runs/unified/cache"  # where the encoded token caches live (made on first use)
     train_count: int = 16384  # training images: train split samples 0 .. train_count-1
     reference_count: int = 1024  # held-out reference images for the Frechet distance: eval 0 .. reference_count-1
@@ -76,7 +76,7 @@ class GeneratorTrainConfig:
                               f"(equal per class) and reference_count={self.reference_count} >= 2")
         if not Path(self.tokenizer, "model.safetensors").is_file():
             raise UserError(f"tokenizer={self.tokenizer}: no model.safetensors there; give a save_pretrained folder "
-                            "(the shipped one is data/tokenizer)")
+                            "(the shipped one is data/unified/tokenizer)")
         return self
 
 

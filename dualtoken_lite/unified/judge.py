@@ -1,10 +1,14 @@
-"""Judging generated images with the tiny world's teacher: class accuracy and a Frechet distance.
+"""Judging generated images with the shape classifier: class accuracy and a Frechet distance.
 
     judge = Judge(reference_images)                       # uint8 (M, 64, 64, 3) held-out images
     judge(images, labels)   # -> {"teacher_accuracy", "per_class_accuracy", "frechet", "count"}
 
-* **Class accuracy of the decoded pixels**: the teacher (shape classifier, data/teacher) reads each image; a
-  "star" prompt scores when the teacher says star. Chance is 1/8.
+The judge is the 8-way shape classifier the unified models were measured with (``data/unified/shape_classifier/``:
+the tiny preset's trunk plus a linear class head, trained on the tiny world's shapes; the tiny world's teacher
+before it became a tiny SigLIP). The figures in ``data/unified/results.json`` are its readings.
+
+* **Class accuracy of the decoded pixels**: the classifier reads each image; a "star" prompt scores when it says
+  star. Chance is 1/8.
 * **Frechet distance** between teacher embeddings (the pooled 128-d MAP output) of the images and of the held-out
   reference set: ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), the FID formula with the teacher in place
   of Inception (evaluation/external.build_fid with a custom feature). A sampler that draws one image per class
@@ -17,15 +21,41 @@ reconstructions of held-out images (``reconstruction_ceiling``), measured on ima
 from __future__ import annotations
 
 import copy
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from dualtoken_lite.datasets.images import to_uint8
 from dualtoken_lite.evaluation.external import build_fid
+from dualtoken_lite.model.backbone import build_tiny_trunk
+from dualtoken_lite.model.config import BackboneConfig
+from dualtoken_lite.settings import from_dict
 from dualtoken_lite.tinyworld.drawing import CLASSES, make_sample, to_tensor
-from dualtoken_lite.tinyworld.teacher import load_teacher
+from dualtoken_lite.tinyworld.paths import SHAPE_CLASSIFIER_DIR
+
+
+def load_shape_classifier(folder: str | os.PathLike | None = None) -> tuple[nn.Module, nn.Linear]:
+    """The shape classifier (default: ``data/unified/shape_classifier/``) as (trunk, head), frozen, in eval mode.
+
+    ``trunk(images)`` maps (B, 3, 64, 64) in [-1, 1] to the pooled embedding (B, C); ``head`` maps it to 8 logits.
+    """
+    folder = Path(folder or SHAPE_CLASSIFIER_DIR)
+    weights, card = folder / "teacher.safetensors", folder / "teacher.json"
+    for file in (weights, card):
+        if not file.exists():
+            raise FileNotFoundError(f"shape classifier file {file} is missing (it ships in {SHAPE_CLASSIFIER_DIR})")
+    info = json.loads(card.read_text())
+    trunk = build_tiny_trunk(from_dict(BackboneConfig, info["backbone"]))
+    head = nn.Linear(trunk.embed_dim, len(info["classes"]))
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}  # stored float16, computed in float32
+    trunk.load_state_dict({k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")})
+    head.load_state_dict({k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")})
+    return trunk.eval().requires_grad_(False), head.eval().requires_grad_(False)
 
 
 def held_out_images(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +65,7 @@ def held_out_images(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TeacherFeatures(nn.Module):
-    """uint8 images (B, 3, h, w) -> the teacher's pooled embedding (B, E): the Frechet distance's feature."""
+    """uint8 images (B, 3, h, w) -> the classifier trunk's pooled embedding (B, E): the Frechet distance's feature."""
 
     def __init__(self, trunk: nn.Module):
         super().__init__()
@@ -48,10 +78,11 @@ class TeacherFeatures(nn.Module):
 
 
 class Judge:
-    """Teacher accuracy and teacher-embedding Frechet distance of image sets against one reference set."""
+    """Classifier accuracy ("teacher_accuracy", as results.json names it) and Frechet distance of the classifier's
+    embeddings, of image sets against one reference set."""
 
-    def __init__(self, reference: np.ndarray, teacher_dir: str | None = None, batch_size: int = 256):
-        self.trunk, self.head = load_teacher(teacher_dir)
+    def __init__(self, reference: np.ndarray, classifier_dir: str | None = None, batch_size: int = 256):
+        self.trunk, self.head = load_shape_classifier(classifier_dir)
         self.batch_size = batch_size
         self.fid = build_fid(feature=TeacherFeatures(self.trunk))
         self.fid.reset_real_features = False  # the reference statistics are computed once, kept across calls
@@ -66,7 +97,7 @@ class Judge:
 
     @torch.no_grad()
     def classify(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images (B, h, w, 3) -> the teacher's class (B,)."""
+        """uint8 images (B, h, w, 3) -> the classifier's class (B,)."""
         out = [self.head(self.trunk(to_tensor(images[i : i + self.batch_size]))).argmax(1)
                for i in range(0, len(images), self.batch_size)]
         return torch.cat(out).numpy()

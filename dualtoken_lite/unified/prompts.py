@@ -5,8 +5,8 @@
 
 A prompt is one of the tiny world's shape classes (an unknown one is an error listing them). The generator's
 model folder names the tokenizer it was trained on (its fingerprint); ``--tokenizer`` is the folder to decode with
-(default: the shipped ``data/tokenizer``), and a different tokenizer is refused, since codes only mean something to
-the tokenizer that made them. Every argument is checked before anything is sampled. Each PNG is written as soon as
+(default: the shipped ``data/unified/tokenizer``), and a different tokenizer is refused, since codes only mean
+something to the tokenizer that made them. Every argument is checked before anything is sampled. Each PNG is written as soon as
 its batch is drawn, so Ctrl-C or SIGTERM keeps what was drawn (``samples.json`` lists it); ``grid.png`` shows the
 first 8 images of each prompt.
 """
@@ -30,7 +30,7 @@ from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.token_layout import TokenLayout, from_lm_sequence
 from dualtoken_lite.settings import ConfigError, UserError, atomic_path, atomic_write_text
 from dualtoken_lite.tinyworld.drawing import CLASSES
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.unified.token_cache import fingerprint
 
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", nargs="+", required=True, help=f"class name(s): {', '.join(CLASSES)}")
     parser.add_argument("--num", type=int, default=16, help="images per prompt")
     parser.add_argument("--out", required=True, help="folder for the PNGs, a grid.png and samples.json")
-    parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR), help="the tokenizer folder that decodes")
+    parser.add_argument("--tokenizer", default=str(UNIFIED_TOKENIZER_DIR), help="the tokenizer folder that decodes")
     defaults = SamplingConfig()
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--top-k", type=int, default=defaults.top_k)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.model} is not a folder: give a generator folder such as data/unified/generator-both")
     if not Path(args.tokenizer, "model.safetensors").is_file():
         raise UserError(f"--tokenizer {args.tokenizer}: no model.safetensors there; give a tokenizer folder such as "
-                        "data/tokenizer")
+                        "data/unified/tokenizer")
     torch.set_num_threads(args.threads)
     generator = load_model(args.model, kind="generator")
     check_tokenizer(generator, args.tokenizer)

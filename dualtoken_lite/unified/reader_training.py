@@ -22,7 +22,7 @@ import torch
 
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import ConfigError, UserError
-from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.training.run_folder import RunFolder
 from dualtoken_lite.unified.fit import (
     LoopConfig,
@@ -43,7 +43,7 @@ class ReaderTrainConfig:
     """One reader's run."""
 
     out: str = "runs/unified/reader-both-s0"  # run folder (config.json, metrics.jsonl, checkpoints/, model/)
-    tokenizer: str = str(TOKENIZER_DIR)  # the save_pretrained tokenizer folder whose codes the reader reads
+    tokenizer: str = str(UNIFIED_TOKENIZER_DIR)  # the save_pretrained tokenizer folder whose codes the reader reads
     cache_dir: str = "runs/unified/cache"  # where the encoded token caches live (made on first use)
     train_count: int = 16384  # training images: train split samples 0 .. train_count-1
     eval_count: int = 1024  # held-out images: eval split samples 0 .. eval_count-1
@@ -62,7 +62,7 @@ class ReaderTrainConfig:
                               f"and eval_count={self.eval_count} >= 1")
         if not Path(self.tokenizer, "model.safetensors").is_file():
             raise UserError(f"tokenizer={self.tokenizer}: no model.safetensors there; give a save_pretrained folder "
-                            "(the shipped one is data/tokenizer)")
+                            "(the shipped one is data/unified/tokenizer)")
         return self
 
 

@@ -26,7 +26,7 @@ import torch
 
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import MissingFile
-from dualtoken_lite.tinyworld.paths import DATA_ROOT, TOKENIZER_DIR
+from dualtoken_lite.tinyworld.paths import UNIFIED_DIR, UNIFIED_TOKENIZER_DIR
 from dualtoken_lite.unified.generator_training import heldout_loss
 from dualtoken_lite.unified.judge import Judge, held_out_images, reconstruction_ceiling
 from dualtoken_lite.unified.questions import QUESTION_NAMES
@@ -34,7 +34,6 @@ from dualtoken_lite.unified.token_cache import load_or_encode
 from dualtoken_lite.unified.weights import load_model, read_config
 
 READERS, GENERATORS, SEEDS = ("semantic", "pixel", "both"), ("pixel", "both"), (0, 1)
-UNIFIED_DIR = DATA_ROOT / "unified"  # the shipped readers, generators and results.json
 
 
 def read_summary(run: Path) -> dict:
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dualtoken_lite unified_results", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default="runs/unified", help="folder of the reader-*/generator-* runs")
     parser.add_argument("--out", default=str(UNIFIED_DIR), help="where the shipped models and results.json go")
-    parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR), help="the tokenizer the runs used")
+    parser.add_argument("--tokenizer", default=str(UNIFIED_TOKENIZER_DIR), help="the tokenizer the runs used")
     parser.add_argument("--cache_dir", default="runs/unified/cache", help="the trainers' token caches")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--keep-readers", action="store_true", help="keep the readers' figures and models already in "
