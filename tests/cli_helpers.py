@@ -1,4 +1,5 @@
-"""Shared by the command-line tests: a small random tokenizer saved to disk and a few labelled tiny-world images."""
+"""Shared by the command-line tests: a small random tokenizer saved to disk, a few labelled tiny-world images, and
+an exact comparison of checkpoints' nested tensors."""
 
 from __future__ import annotations
 
@@ -63,3 +64,14 @@ def shard(path: Path, count: int = 6) -> Path:
         for i, (image, label) in enumerate(zip(images, labels)):
             sink.write({"__key__": sample_key("eval", i), "png": encode_png(image), "cls": str(int(label)).encode()})
     return path
+
+
+def same_tensors(a, b) -> bool:
+    """Nested dicts / lists / tuples of tensors and plain values, equal exactly."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+    return a == b

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from cli_helpers import same_tensors
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -122,17 +123,6 @@ def trainers(tmp_path):
         if process.poll() is None:
             process.kill()
             process.communicate()
-
-
-def same_tensors(a, b) -> bool:
-    """Nested dicts / lists / tuples of tensors and plain values, equal exactly."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def assert_same_run(run: Path, solo: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from cli_helpers import same_tensors
 
 from dualtoken_lite.evaluation.probes import measure_teacher
 from dualtoken_lite.evaluation.zero_shot import attribute_accuracy, attribute_heads, attribute_labels
@@ -222,17 +223,6 @@ def quick_card(monkeypatch):
         return {"zero_shot": attribute_accuracy(pooled, attribute_labels(metas), attribute_heads(model))}
 
     monkeypatch.setattr(TT, "measure_teacher", zero_shot_only)
-
-
-def same_tensors(a, b) -> bool:
-    """Nested dicts / lists / tuples of tensors and plain values, equal exactly."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def test_a_stopped_teacher_run_continues_bit_identically_with_the_command_it_prints(tmp_path, capsys, monkeypatch,

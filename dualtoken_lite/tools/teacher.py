@@ -58,7 +58,7 @@ from dualtoken_lite.tinyworld.captions import CAPTIONS_PER_IMAGE
 from dualtoken_lite.tinyworld.drawing import make_samples, to_tensor
 from dualtoken_lite.tinyworld.paths import TEACHER_DIR
 from dualtoken_lite.tinyworld.teacher import TextConfig, TinySigLIP, read_card, save_teacher
-from dualtoken_lite.training.checkpoints import capture_rng_state, payload_bytes, restore_loop
+from dualtoken_lite.training.checkpoints import payload_bytes, restore_loop, save_loop
 from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
 from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
 from dualtoken_lite.training.run_folder import NonFiniteError, RunFolder, RunRules
@@ -226,13 +226,8 @@ def train_teacher(cfg: TeacherConfig, pool: CaptionedPool, check_images: np.ndar
             if logger is not None:
                 logger.log(step, {"loss": loss, "t": scale, "b": bias, "lr": lr, "zero_shot": acc})
         if folder is not None:
-            stop = folder.stop_signal()  # SIGTERM / Ctrl-C: stop after this step with a checkpoint
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop:
-                state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                         "batches": g.get_state(), "rng": capture_rng_state()}
-                folder.save_checkpoint(step, FullPrecision(model), state, keep=cfg.keep_checkpoints)
-            if stop:
-                folder.stop(step, stop)
+            save_loop(folder, step, cfg.steps, cfg.save_every, cfg.keep_checkpoints, FullPrecision(model), optimizer,
+                      schedule, g)
     return model.eval()
 
 

@@ -18,6 +18,8 @@ discriminator, RNG states (python, numpy, torch, CUDA), all as tensors and plain
 
 Resuming is one path: ``resume_point`` turns what the user passed (``--resume auto``, a run folder, a step folder)
 into a checkpoint folder, and ``resume`` loads it into a trainer (model weights strictly, then everything else).
+The plain loops (the teacher's, the unified model's) write theirs with ``save_loop`` and continue with
+``restore_loop``.
 """
 
 from __future__ import annotations
@@ -232,6 +234,20 @@ def restore_loop(checkpoint: str | Path, model: torch.nn.Module, optimizer: torc
     for group, base in zip(optimizer.param_groups, schedule.base_lrs):
         group["lr"] = base * lr_at(state["step"])
     return state["step"]
+
+
+def save_loop(folder, step: int, steps: int, save_every: int, keep: int, weights, optimizer: torch.optim.Optimizer,
+              schedule, batches: torch.Generator) -> None:
+    """After a plain training loop's step (the teacher's, the unified model's): a checkpoint when one is due (every
+    ``save_every`` steps, the last step, or a SIGTERM / Ctrl-C seen by the run ``folder``), then the clean stop if
+    one was asked for. ``weights`` has ``save_pretrained``; ``restore_loop`` reads what this writes."""
+    stop = folder.stop_signal()
+    if (save_every and step % save_every == 0) or step == steps or stop:
+        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "batches": batches.get_state(), "rng": capture_rng_state()}
+        folder.save_checkpoint(step, weights, state, keep=keep)
+    if stop:
+        folder.stop(step, stop)
 
 
 def resume(trainer, folder: str | Path) -> None:

@@ -7,7 +7,10 @@ CUDA is available, gloo otherwise, so the same code is tested with two CPU proce
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -54,9 +57,46 @@ def setup(device: str = "auto") -> World:
 
 
 def teardown() -> None:
-    """Leave the process group cleanly (torchrun otherwise warns about a leaked group)."""
+    """Leave the process group cleanly (torchrun otherwise warns about a leaked group), once gloo's threads have let
+    go of every tensor our collectives gave them (``release_handed``)."""
     if dist.is_initialized():
+        release_handed()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def joined(device: str = "auto") -> Iterator[World]:
+    """``setup()`` for the length of a block, leaving the process group however the block ends: the end of training,
+    a clean stop (exit 4) or an error."""
+    world = setup(device)
+    try:
+        yield world
+    finally:
+        teardown()
+
+
+# A collective returns as soon as its result is ready, but gloo's worker thread drops its own reference to the
+# tensor a moment later. If the caller's Python reference is gone by then, the worker must take the GIL to free the
+# tensor's Python object, and a thread that takes the GIL while the interpreter shuts down aborts the process
+# (std::terminate: exit -6 instead of the run's own exit code). So the tensors our collectives use are held here until
+# the worker has let go of them, and teardown waits for that before the process may exit.
+_HANDED: list[torch.Tensor] = []
+
+
+def hand(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, kept alive until the collective it is given to has let go of it (see ``release_handed``)."""
+    _HANDED[:] = [t for t in _HANDED if t._use_count() > 1]  # 1: only our Python reference is left
+    _HANDED.append(tensor)
+    return tensor
+
+
+def release_handed(timeout_s: float = 10.0) -> None:
+    """Wait (up to ``timeout_s``: a collective that failed may never let go) until no collective holds a tensor from
+    ``hand``, then forget them all."""
+    deadline = time.monotonic() + timeout_s
+    while any(t._use_count() > 1 for t in _HANDED) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    _HANDED.clear()
 
 
 def barrier() -> None:
@@ -68,7 +108,7 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """The sum of ``x`` over all ranks (a copy, on ``x``'s device)."""
     if not dist.is_initialized():
         return x.detach().clone()
-    y = x.detach().clone().to(_collective_device())
+    y = hand(x.detach().clone().to(_collective_device()))
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y.to(x.device)
 
@@ -83,7 +123,7 @@ def all_ok(ok: bool) -> bool:
     every rank together, instead of leaving the others waiting in the next collective forever."""
     if not dist.is_initialized():
         return ok
-    flag = torch.tensor(1.0 if ok else 0.0, device=_collective_device())
+    flag = hand(torch.tensor(1.0 if ok else 0.0, device=_collective_device()))
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 
@@ -92,7 +132,7 @@ def all_max(value: float) -> float:
     """The largest ``value`` over all ranks (a collective: call it on every rank)."""
     if not dist.is_initialized():
         return value
-    box = torch.tensor(float(value), device=_collective_device())
+    box = hand(torch.tensor(float(value), device=_collective_device()))
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
     return float(box.item())
 
@@ -111,9 +151,9 @@ def same_across_ranks(module: torch.nn.Module) -> bool:
     """True when every parameter and buffer equals rank 0's (a collective: call it on every rank)."""
     if not dist.is_initialized():
         return True
-    differ = torch.zeros(())
+    differ = hand(torch.zeros(()))
     for tensor in module.state_dict().values():
-        reference = tensor.detach().clone()
+        reference = hand(tensor.detach().clone())
         dist.broadcast(reference, src=0)
         differ += float(not torch.equal(reference, tensor.detach()))
     dist.all_reduce(differ)

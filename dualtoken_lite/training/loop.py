@@ -91,11 +91,8 @@ def run(cfg: TrainConfig, hooks: RunHooks | None = None, given: set[str] | None 
 
     ``given``: the fields the command line set, which a resume compares with the run's saved config (None: all).
     """
-    world = dist_utils.setup(cfg.device)
-    with RunFolder(cfg, TOKENIZER_RUNS, world, given) as folder:
-        summary = _train(folder, hooks or RunHooks())
-    dist_utils.teardown()
-    return summary
+    with dist_utils.joined(cfg.device) as world, RunFolder(cfg, TOKENIZER_RUNS, world, given) as folder:
+        return _train(folder, hooks or RunHooks())
 
 
 def _train(folder: RunFolder, hooks: RunHooks) -> dict:

@@ -39,7 +39,7 @@ from dualtoken_lite.settings import (
     to_dict,
 )
 from dualtoken_lite.training.arguments import flag_pairs, set_field
-from dualtoken_lite.training.checkpoints import capture_rng_state, payload_bytes, restore_loop
+from dualtoken_lite.training.checkpoints import payload_bytes, restore_loop, save_loop
 from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
 from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
 from dualtoken_lite.training.precision import precision_context
@@ -205,13 +205,8 @@ def fit(model: nn.Module, folder: RunFolder, batch_loss: Callable[[torch.Tensor,
                 flat = logger.log(step, {**logs, "lr": lr, "grad_norm": grad_norm,
                                          "images_per_s": seen / (time.perf_counter() - t0)})
                 bar.set_postfix(loss=f"{flat['loss']:.3f}")
-            stop = folder.stop_signal()  # SIGTERM / Ctrl-C: stop after this step with a checkpoint
-            if (loop.save_every and step % loop.save_every == 0) or step == loop.steps or stop:
-                state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                         "batches": batches.get_state(), "rng": capture_rng_state()}
-                folder.save_checkpoint(step, SavesWeights(model), state, keep=loop.keep_checkpoints)
-            if stop:
-                folder.stop(step, stop)
+            save_loop(folder, step, loop.steps, loop.save_every, loop.keep_checkpoints, SavesWeights(model), optimizer,
+                      schedule, batches)
     logger.close()
     model.eval()
     return step
