@@ -100,8 +100,10 @@ class Figures:
                            f"{FULL_ENV}=1 for full/... keys) to record it")
         return self.recorded[key]
 
-    def check(self, key: str, value: float, tol: float) -> float:
-        """Assert that ``value`` is the recorded figure within ``tol`` (or record it when writing); returns it."""
+    def check(self, key: str, value: float, tol: float) -> None:
+        """Assert that ``value`` is the recorded figure within ``tol`` (or record it when writing).
+
+        Returns nothing, so a check ending a cell prints no stray value under it."""
         value = float(value)
         self.measured[key] = value
         if not self.write:
@@ -109,7 +111,6 @@ class Figures:
             assert abs(value - expected) <= tol, (
                 f"{key}: measured {value:.4g}, the prose quotes {expected:.4g} (tolerance {tol:g}); if the change "
                 f"is intended, rerun with {WRITE_ENV}=1 and update the prose")
-        return value
 
     def save(self) -> None:
         """Under ``DUALTOKEN_LITE_WRITE_FIGURES=1``: merge this run's figures into the JSON (others are kept)."""

@@ -1,5 +1,5 @@
-"""The ablation driver: the four variants really are the paper's four tokenizers, every run shares one budget,
-and the table reports every row with the right columns and the seeds' mean and spread."""
+"""The ablation: every compared pair differs in exactly the one setting its row names, `dual` is the main job's
+tokenizer, the verdicts follow the seed ranges, and a killed ablation continues its interrupted run."""
 
 from __future__ import annotations
 
@@ -10,21 +10,117 @@ import pytest
 import torch
 import webdataset as wds
 
+from dualtoken_lite.settings import ConfigError, to_dict
 from dualtoken_lite.tinyworld.drawing import make_sample
 from dualtoken_lite.tinyworld.shards import encode_png, sample_key
 from dualtoken_lite.tinyworld.teacher import TinySigLIP, save_teacher, teacher_fingerprint
 from dualtoken_lite.tools.ablation import (
-    COLUMNS,
+    PAIRS,
+    PAPER,
+    STEPS,
     VARIANTS,
     aggregate,
+    exceeds_spread,
     main,
-    markdown_table,
-    mean_spread,
+    markdown,
+    parse_part,
+    plan,
     run_ablation,
+    run_args,
+    summarise,
 )
+from dualtoken_lite.training import loop
+from dualtoken_lite.training.arguments import parse_args
+from dualtoken_lite.training.config import TrainConfig
+from dualtoken_lite.training.presets import preset
+from dualtoken_lite.training.run_plan import flatten
 
-# Small, fast runs: 2 steps at batch 4, small codebooks, one thread, no images.
-FAST = ["--batch_size", "4", "--threads", "1", "--log_every", "1", "--image_every", "0", "--eval_samples", "8",
+
+def _config(key: str, seed: int = 0, extra: tuple[str, ...] = ()) -> dict:
+    """A variant's whole trainer config, flattened to dotted fields, without its run folder."""
+    flat = flatten(to_dict(parse_args(run_args(VARIANTS[key], seed, STEPS, Path("runs/ablation"), list(extra)))))
+    flat.pop("out")
+    return flat
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p.question)
+def test_each_pair_differs_in_exactly_the_setting_it_names(pair):
+    start, to = _config(pair.start), _config(pair.to)
+    assert set(start) == set(to)
+    differ = sorted(k for k in start if start[k] != to[k])
+    assert differ == [pair.field], f"{pair.start} -> {pair.to}: differ in {differ}, the table says {pair.field}"
+
+
+def test_dual_is_the_main_job_and_every_run_has_its_budget():
+    main_job = flatten(to_dict(preset("tiny")))
+    dual = _config("dual", seed=2)
+    changed = sorted(k for k in dual if dual[k] != main_job[k])
+    assert changed == ["eval_every", "image_every", "keep_checkpoints", "save_every", "seed"], changed
+    assert STEPS == TrainConfig().max_steps == dual["max_steps"] == 1200
+    for key in VARIANTS:
+        cfg = _config(key, extra=("--model.pixel_quantizer.codebook_size", "32"))
+        assert cfg["model.pixel_quantizer.codebook_size"] == 32, "the caller's flags reach every run"
+    assert {v.paper for v in VARIANTS.values()} - {None} == set(PAPER), "every row of the paper has a counterpart"
+
+
+def test_verdict_is_whether_the_seed_ranges_overlap():
+    assert exceeds_spread(summarise([1.0, 2.0, 3.0]), summarise([3.5, 4.0, 5.0]))
+    assert not exceeds_spread(summarise([1.0, 2.0, 3.0]), summarise([2.9, 4.0, 5.0]))
+    assert not exceeds_spread(summarise([1.0, 9.0]), summarise([4.0, 5.0])), "a range inside the other overlaps"
+
+
+def _eval(psnr: float, shape: float | None) -> dict:
+    out = {"psnr": psnr, "psnr_chroma": psnr + 8, "ssim": 0.5}
+    if shape is not None:
+        out["semantic"] = {"shape": shape, "colour": 0.5}
+        out["teacher_semantic"] = {"shape": 0.99, "colour": 0.9}
+    return out
+
+
+def test_record_has_every_pair_with_its_differences_and_the_paper_beside():
+    per_seed = {"shared": {0: _eval(20.0, 0.90), 1: _eval(20.4, 0.94)},
+                "two_deep": {0: _eval(21.0, 0.93), 1: _eval(21.2, 0.95)},
+                "dual": {0: _eval(25.0, 0.95), 1: _eval(25.5, 0.96)},
+                "shared_nosem": {0: _eval(22.0, 0.2), 1: _eval(22.1, 0.3)},
+                "dual_nosem": {0: _eval(25.2, 0.2), 1: _eval(25.4, 0.3)}}
+    record = aggregate(per_seed)
+    shared = record["variants"]["shared"]
+    assert shared["psnr"]["mean"] == pytest.approx(20.2) and shared["zero_shot/shape"]["max"] == pytest.approx(94)
+    pairs = {(p["from"], p["to"]): p for p in record["pairs"]}
+    assert [(p.start, p.to) for p in PAIRS] == list(pairs), "every pair, in the table's order"
+    one_to_two = pairs["shared", "two_deep"]["difference"]
+    assert one_to_two["psnr"]["delta"] == pytest.approx(0.9) and one_to_two["psnr"]["exceeds_spread"]
+    assert not one_to_two["zero_shot/shape"]["exceeds_spread"], "93-95 overlaps 90-94"
+    record.update(steps=2, batch_size=4, seeds=[0, 1], teacher_zero_shot={"shape": 0.99})
+    text = markdown(record)
+    for key, variant in VARIANTS.items():
+        assert f"| `{key}`: {variant.label} |" in text
+    assert "20.20 (20.00-20.40)" in text and "+0.90 (exceeds the seed spread)" in text
+    assert "within the seed spread" in text and "`model.shared_quantizer`" in text
+    for row in PAPER.values():
+        assert f"| {row.name} {row.label} | {row.rfid:.2f} | {row.psnr:.1f} |" in text
+    assert "shape 99.0 %" in text
+
+
+def test_parts_share_the_runs_out_between_processes():
+    keys, seeds = list(VARIANTS), [0, 1, 2]
+    parts = [plan(keys, seeds, (k, 2)) for k in (1, 2)]
+    assert sorted(parts[0] + parts[1]) == sorted(plan(keys, seeds, (1, 1))) and not set(parts[0]) & set(parts[1])
+    assert parse_part("2/3") == (2, 3)
+    for bad in ("3/2", "0/1", "x", "1/2/3"):
+        with pytest.raises(ConfigError, match="--part"):
+            parse_part(bad)
+
+
+def test_budget_flags_and_unknown_variants_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="one budget"):
+        run_ablation(2, [0], tmp_path, ["--max_steps", "9"])
+    with pytest.raises(ConfigError, match="unknown variant"):
+        run_ablation(2, [0], tmp_path, [], variants=["nope"])
+
+
+# ------------------------------------------------------------------------------------------ a real, tiny ablation
+FAST = ["--batch_size", "4", "--threads", "1", "--log_every", "1", "--eval_samples", "8",
         "--model.pixel_quantizer.codebook_size", "32", "--model.semantic_quantizer.codebook_size", "32"]
 
 
@@ -36,84 +132,54 @@ def _shard(path: Path, split: str, n: int) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def ablation(tmp_path_factory):
-    """Four variants x two seeds, 2 steps each, with a (random) teacher folder so accuracy is measured."""
-    root = tmp_path_factory.mktemp("ablation")
+class Interrupted(Exception):
+    """Stands for a killed process: raised inside the trainer after a given step."""
+
+
+def test_a_killed_ablation_continues_its_run_and_writes_the_table_when_all_are_done(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    save_teacher(TinySigLIP(), {}, root / "teacher")
-    extra = [*FAST, "--train-data", _shard(root / "train.tar", "train", 16),
-             "--eval-data", _shard(root / "eval.tar", "eval", 8), "--teacher", str(root / "teacher")]
-    table = run_ablation(2, [0, 1], root / "out", extra, log=lambda *_: None)
-    return root / "out", table, extra
+    save_teacher(TinySigLIP(), {}, tmp_path / "t")  # a random tiny SigLIP: zero-shot is measured, near chance
+    extra = [*FAST, "--train-data", _shard(tmp_path / "train.tar", "train", 16),
+             "--eval-data", _shard(tmp_path / "eval.tar", "eval", 8), "--teacher", str(tmp_path / "t")]
+    out, real_run, first_steps = tmp_path / "out", loop.run, []
 
+    def kill_after(step: int):
+        def spy(cfg, hooks=None, given=None):
+            seen = []
 
-def test_every_variant_trains_the_model_it_claims(ablation):
-    out, _, _ = ablation
-    expect = {  # (pixel_layer, shortcut_layer, semantic_layer, shared_quantizer)
-        "shared": (5, None, 5, True), "deep": (5, None, None, False),
-        "shallow": (0, None, None, False), "dual": (0, None, 5, False),
-    }
-    for key, taps in expect.items():
+            def after_step(current: int) -> None:
+                seen.append(current)
+                if current == step:
+                    raise Interrupted
+
+            try:
+                return real_run(cfg, loop.RunHooks(after_step=after_step), given)
+            finally:
+                first_steps.append(seen[0] if seen else None)
+        return spy
+
+    monkeypatch.setattr(loop, "run", kill_after(3))
+    with pytest.raises(Interrupted):
+        run_ablation(4, [0, 1], out, extra, variants=["dual", "dual_nosem"], log=lambda *_: None)
+    monkeypatch.setattr(loop, "run", kill_after(-1))
+    # the second of two processes: its share is dual seed 1 and dual_nosem seed 1; dual seed 0 is not done
+    assert run_ablation(4, [0, 1], out, extra, variants=["dual", "dual_nosem"], log=lambda *_: None,
+                        part=(2, 2)) is None and not (out / "ablation.json").exists()
+    record = run_ablation(4, [0, 1], out, extra, variants=["dual", "dual_nosem"], log=lambda *_: None)
+    assert first_steps[0] == 1 and first_steps[3] == 3, "killed in step 3: continued from the step-2 checkpoint"
+    assert first_steps[1:3] == [1, 1] and first_steps[4] is None, "fresh runs start at 1; a finished one is reused"
+    assert json.loads((out / "ablation.json").read_text()) == json.loads(json.dumps(record))
+    for key in ("dual", "dual_nosem"):
         for seed in (0, 1):
-            cfg = json.loads((out / key / f"seed{seed}" / "config.json").read_text())
-            model = cfg["model"]
-            got = (model["pixel_layer"], model["shortcut_layer"], model["semantic_layer"], model["shared_quantizer"])
-            assert got == taps, f"{key}: taps {got}, expected {taps}"
-            assert cfg["max_steps"] == 2 and cfg["seed"] == seed, "every run has the one budget and its own seed"
-            assert model["pixel_quantizer"]["codebook_size"] == 32, "the caller's flags reach every run"
-            assert (out / key / f"seed{seed}" / "model" / "model.safetensors").is_file()
-            record = json.loads((out / key / f"seed{seed}" / "teacher.json").read_text())  # the teacher it distils
-            summary = json.loads((out / key / f"seed{seed}" / "summary.json").read_text())
-            assert record["fingerprint"] == summary["teacher_fingerprint"] == teacher_fingerprint(out.parent / "teacher")
-
-
-def test_table_has_every_row_and_the_right_columns(ablation):
-    out, table, _ = ablation
-    text = (out / "ablation.md").read_text()
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    assert [r[0] for r in rows] == [v.label for v in VARIANTS.values()]
-    for row, variant in zip(rows, VARIANTS.values()):
-        assert len(row) == len(COLUMNS)
-        assert row[4] == f"{variant.paper_rfid:.2f}" and row[5] == f"{variant.paper_psnr:.1f}"
-        assert "±" in row[1] and "±" in row[2], f"{variant.key}: PSNR and SSIM for every variant"
-        has_semantic = variant.paper_zero_shot is not None
-        assert ("±" in row[3]) == has_semantic, f"{variant.key}: semantic accuracy only with a semantic branch"
-        assert (row[6] != "-") == has_semantic
-
-
-def test_table_figures_are_the_runs_mean_and_spread(ablation):
-    out, table, _ = ablation
-    record = json.loads((out / "ablation.json").read_text())
-    for key in VARIANTS:
-        runs = [json.loads((out / key / f"seed{s}" / "summary.json").read_text())["eval"] for s in (0, 1)]
-        mean, std = mean_spread([r["psnr"] for r in runs])
-        assert table[key]["psnr"]["mean"] == pytest.approx(mean)
-        assert table[key]["psnr"]["std"] == pytest.approx(std)
-        assert record["variants"][key]["psnr"]["values"] == [r["psnr"] for r in runs]
-        assert runs[0]["psnr"] != runs[1]["psnr"], f"{key}: the seeds must give different runs"
-        assert ("semantic_accuracy" in table[key]) == (VARIANTS[key].paper_zero_shot is not None)
-
-
-def test_a_finished_run_is_reused_and_a_changed_one_is_not(ablation, capsys):
-    out, table, extra = ablation
+            run_dir = out / key / f"seed{seed}"
+            assert json.loads((run_dir / "summary.json").read_text())["step"] == 4
+            assert json.loads((run_dir / "ablation_seconds.json").read_text())["seconds"] > 0
+            record_file = json.loads((run_dir / "teacher.json").read_text())  # every run records its teacher
+            assert record_file["fingerprint"] == teacher_fingerprint(tmp_path / "t")
+    assert [(p["from"], p["to"]) for p in record["pairs"]] == [("dual_nosem", "dual")]
+    assert record["variants"]["dual"]["psnr"]["values"] != record["variants"]["dual_nosem"]["psnr"]["values"]
+    # a changed budget is a different run: retrained, not reused
     stamp = (out / "dual" / "seed0" / "summary.json").stat().st_mtime_ns
-    again = run_ablation(2, [0, 1], out, extra, variants=["dual"], log=lambda *_: None)
-    assert (out / "dual" / "seed0" / "summary.json").stat().st_mtime_ns == stamp, "same config: reused"
-    assert again["dual"]["psnr"] == table["dual"]["psnr"]
-    main(["--steps", "1", "--seeds", "0", "--out", str(out), "--variants", "dual", *extra])
-    assert (out / "dual" / "seed0" / "summary.json").stat().st_mtime_ns != stamp, "new budget: retrained"
-    assert "| (d) DualToken" in capsys.readouterr().out
-
-
-def test_spread_of_one_seed_is_zero_and_budget_flags_are_refused(tmp_path):
-    assert mean_spread([3.0]) == (3.0, 0.0)
-    assert mean_spread([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
-    with pytest.raises(ValueError, match="one budget"):
-        run_ablation(2, [0], tmp_path, ["--max_steps", "9"])
-    with pytest.raises(ValueError, match="unknown variant"):
-        run_ablation(2, [0], tmp_path, [], variants=["nope"])
-    one = aggregate({"deep": {0: {"psnr": 20.0, "ssim": 0.5}}})
-    assert "20.00 ± 0.00" in markdown_table(one)
+    main(["--steps", "2", "--seeds", "0", "--out", str(out), "--variants", "dual", *extra])
+    assert (out / "dual" / "seed0" / "summary.json").stat().st_mtime_ns != stamp
+    assert json.loads((out / "dual" / "seed0" / "summary.json").read_text())["step"] == 2

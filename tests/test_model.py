@@ -24,7 +24,7 @@ def paper_taps(cfg):
 def variant(name: str):
     """The tiny preset with the paper's tap structure (pixel block 2 + 0.6 x block 1), and the ablation configs."""
     cfg = paper_taps(model_preset("tiny"))
-    if name == "preset":  # the tiny preset as it ships: the pixel branch reads the patch embedding
+    if name == "preset":  # the tiny preset as it ships: the pixel branch reads block 1, no shortcut
         cfg = model_preset("tiny")
     if name == "shared":  # one layer, one quantizer for both objectives
         cfg.shortcut_layer, cfg.pixel_layer, cfg.semantic_layer, cfg.shared_quantizer = None, 3, 3, True
@@ -38,6 +38,15 @@ def variant(name: str):
         cfg.pixel_quantizer.code_dim = cfg.semantic_quantizer.code_dim = 8
         cfg.pixel_quantizer.depth = cfg.semantic_quantizer.depth = 2
     return cfg
+
+
+def test_the_tiny_pixel_branch_reads_a_transformer_block():
+    """Both objectives train a shared block (the paper's argument): the pixel tap, and a shortcut if any, is a block
+    (>= 1), so no path from the patch embedding reaches the pixel branch without passing through the blocks."""
+    cfg = model_preset("tiny")
+    assert cfg.pixel_layer >= 1
+    assert cfg.shortcut_layer is None or cfg.shortcut_layer >= 1
+    assert cfg.semantic_layer is not None and cfg.semantic_layer > cfg.pixel_layer
 
 
 VARIANTS = ["tiny", "preset", "shared", "no_semantic", "no_shortcut", "same_layer_two_codebooks", "code_dim_8_depth_2"]

@@ -55,7 +55,8 @@ def test_figures_check_records_and_refuses_drift(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "nb.json").read_text()) == {"default/psnr": 25.0}
     monkeypatch.delenv(nr.WRITE_ENV)
     figures = nr.Figures("nb", root=tmp_path)
-    assert figures.check("default/psnr", 25.2, tol=0.3) == 25.2
+    assert figures.check("default/psnr", 25.2, tol=0.3) is None, "nothing to print under a cell"
+    assert figures.measured == {"default/psnr": 25.2}
     with pytest.raises(AssertionError, match="the prose quotes 25"):
         figures.check("default/psnr", 26.0, tol=0.3)
     with pytest.raises(KeyError, match="no figure 'full/psnr'"):

@@ -55,6 +55,9 @@ def test_published_notebooks_are_the_current_sources_with_outputs(script: Path):
     assert any(c.get("outputs") for c in code), f"{published.name} has no outputs: run `make publish`"
     errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"{published.name} was published with an error: {errors[0].get('ename')}"
+    bare = [i for i, c in enumerate(code) for o in c.get("outputs", []) if o.get("output_type") == "execute_result"
+            and set(o.get("data", {})) == {"text/plain"}]
+    assert not bare, f"{published.name}: code cell(s) {bare} print a bare value (a cell's last expression) under them"
 
 
 def test_readme_links_every_published_notebook():
@@ -119,3 +122,25 @@ def test_no_pointer_leads_outside_the_repository():
         assert not re.search(r"\bSPEC\b", text), f"{path} cites SPEC; cite docs/method.md instead"
         for cited in re.findall(r"docs/method\.md (§\d+(?:\.\d+)?)", text):
             assert cited in sections, f"{path} cites {cited}, which docs/method.md does not have"
+
+
+def _method_row(field: str) -> list[str]:
+    """The cells of docs/method.md's presets table row that starts with ``field``."""
+    for line in (ROOT / "docs" / "method.md").read_text().splitlines():
+        if line.startswith(f"| {field} |"):
+            return [c.strip() for c in line.strip("|").split("|")][1:]
+    raise AssertionError(f"docs/method.md has no presets-table row {field!r}")
+
+
+def test_method_presets_table_says_what_the_presets_are():
+    from dualtoken_lite.model.config import model_preset
+    from dualtoken_lite.training.presets import preset
+
+    for column, name in enumerate(("tiny", "so400m-384")):
+        m = model_preset(name)
+        shortcut = "none" if m.shortcut_layer is None else str(m.shortcut_layer)
+        taps = _method_row("taps (pixel / shortcut / semantic), shortcut weight")[column]
+        assert taps.startswith(f"{m.pixel_layer} / {shortcut} / {m.semantic_layer}"), f"{name}: {taps!r}"
+        assert (f", {m.shortcut_weight:g}" in taps) == (m.shortcut_layer is not None), f"{name}: {taps!r}"
+        assert _method_row("decoder GroupNorm groups")[column] == str(m.decoder_norm_groups), name
+    assert preset("tiny").bf16 and _method_row("bf16 autocast")[0].startswith("on, on the CPU too")

@@ -215,11 +215,11 @@ def so400m_dim256_model() -> ModelConfig:
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # 64 px, patch 8 -> 8 x 8 grid, a few million parameters: the main job on a laptop CPU (the tiny world).
     "tiny": ModelConfig(
-        # The pixel codebook reads the patch embedding (tap 0), not block 2 + 0.6 x block 1: the tiny teacher
-        # learned to ignore colour (its shapes come in random colours), so its blocks pass too little colour
-        # to learn from, and reconstructions came out grey; its patch embedding still carries it all
-        # (docs/tiny_recipe.md). The paper's SigLIP keeps colour at block 6.
-        pixel_layer=0,
+        # The pixel codebook reads block 1 of 6, the paper's depth (block 6 of 27), so both objectives train the
+        # tower's first block. No shortcut: the paper's adds block 4 to block 6; here the only earlier block is the
+        # patch embedding, which would skip the shared block, and block 2 + 0.6 x block 1 reconstructs no better
+        # than block 1 alone (docs/tiny_recipe.md).
+        pixel_layer=1,
         shortcut_layer=None,
         # 8 GroupNorm groups: the paper's 32 groups on tiny's 32-channel decoder levels are an instance norm
         # that erases every channel's per-image mean, i.e. the image's colour (docs/tiny_recipe.md).
