@@ -58,6 +58,10 @@ def test_published_notebooks_are_the_current_sources_with_outputs(script: Path):
     bare = [i for i, c in enumerate(code) for o in c.get("outputs", []) if o.get("output_type") == "execute_result"
             and set(o.get("data", {})) == {"text/plain"}]
     assert not bare, f"{published.name}: code cell(s) {bare} print a bare value (a cell's last expression) under them"
+    drawn = [i for i, c in enumerate(code) if re.search(r"^plt\.show\(\)", c.source, re.M)]
+    missing = [i for i in drawn if not any("image/png" in o.get("data", {}) for o in code[i].get("outputs", []))]
+    assert not missing, (f"{published.name}: code cell(s) {missing} draw a figure (plt.show()) but the published copy "
+                         "has no picture: publish with an inline backend (`make publish`, MPLBACKEND unset)")
 
 
 def test_readme_links_every_published_notebook():
