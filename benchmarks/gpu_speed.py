@@ -5,7 +5,7 @@ Builds a paper preset (``so400m-384`` unless ``--preset`` says otherwise) with t
 weights on purpose (a step's speed does not depend on them; no weights need downloading), and times the training
 loop's own step, ``training.loop.train_step``: forward, every loss of the preset (LPIPS, distillation from the
 frozen teacher, the GAN on from the first step), backward, AdamW, the codebook update and the discriminator's
-step, all in bf16 autocast. Each step trains on one fixed batch of the tiny world's images resized to the preset's
+step, all in bf16 autocast (fp32 where the device has no bf16 kernels). Each step trains on one fixed batch of the tiny world's images resized to the preset's
 resolution (data loading is not part of the step). LPIPS uses torchvision's VGG16 weights when they are on disk
 and a random VGG16 otherwise: the same computation either way.
 
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     tr, batch = build(args.preset, dims, batch_size, "cuda" if on_gpu else "cpu", flags)
     device, load_before = tr.world.device, load_average()
     rows = [measure(tr, batch, on, args.warmup, args.steps) for on in (True, False)]
-    print_table(rows, f"{args.preset} at {dims} dims on {device_name(device)}, bf16 autocast, batch {batch_size}, "
+    precision = "bf16 autocast" if tr.autocast else "fp32 (no bf16 kernels here)"
+    print_table(rows, f"{args.preset} at {dims} dims on {device_name(device)}, {precision}, batch {batch_size}, "
                       f"{args.warmup} warm-up + {args.steps} timed steps per row; torch {torch.__version__}; load "
                       f"average before {load_before}, after {load_average()}")
 

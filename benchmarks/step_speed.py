@@ -56,8 +56,13 @@ PRECISIONS = {"fp32": "false", "bf16": "true"}  # row prefix -> --bf16
 
 def rows(each: bool, with_compile: bool) -> dict[str, dict[str, str]]:
     """Row label -> the trainer flags on top of ALL_OFF; labels start with the precision they run in."""
+    from dualtoken_lite.training.precision import native_bf16
+
     table = {}
     for precision, bf16 in PRECISIONS.items():
+        if bf16 == "true" and not native_bf16("cpu"):  # the trainer would compute these rows in fp32
+            print("no bf16 rows: this CPU has no bf16 kernels (AVX-512 or AMX); the trainer computes in fp32 here")
+            continue
         table[f"{precision} levers off"] = {"bf16": bf16}
         if each:
             for lever in DEFAULT_ON:

@@ -110,8 +110,10 @@ def test_batch_independence():
     model = build().eval()
     x = images(3)
     full, single = model(x), model(x[1:2])
-    torch.testing.assert_close(full.reconstruction[1:2], single.reconstruction, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(full.pooled[1:2], single.pooled, atol=1e-5, rtol=1e-4)
+    # a batch of 3 and a batch of 1 may take different matmul kernels, which sum in different orders (1.2e-5 apart
+    # on an AVX2 CPU); a leak between images would show at the scale of the outputs themselves
+    torch.testing.assert_close(full.reconstruction[1:2], single.reconstruction, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(full.pooled[1:2], single.pooled, atol=1e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["tiny", "shared"])

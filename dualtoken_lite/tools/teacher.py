@@ -61,6 +61,7 @@ from dualtoken_lite.tinyworld.teacher import TextConfig, TinySigLIP, read_card, 
 from dualtoken_lite.training.checkpoints import payload_bytes, restore_loop, save_loop
 from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
 from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
+from dualtoken_lite.training.precision import resolve_bf16
 from dualtoken_lite.training.run_folder import NonFiniteError, RunFolder, RunRules
 from dualtoken_lite.training.run_plan import CONTROL, saved_config_loader, target_folder
 
@@ -96,7 +97,8 @@ class TeacherConfig:
     text_layers: int = 2  # blocks of the text transformer (its width is the image tower's)
     text_pool: str = "mean"  # the caption embedding: the text tower's output at <end>, or its mean over the words
     token_init: float = 0.02  # std of the text tower's word embeddings at init
-    bf16: bool = True  # bfloat16 autocast for the forward pass (about 1.5x faster on AVX-512 CPUs)
+    bf16: bool = True  # bfloat16 autocast for the forward pass (about 1.5x faster on AVX-512 CPUs; fp32 on a CPU
+    #                   without bf16 kernels, training/precision.py)
     seed: int = 0  # seeds the weights and the batch order
     threads: int = 1  # torch CPU threads
     eval_every: int = 200  # steps between held-out zero-shot checks on eval images 512-1023 (logged only)
@@ -198,13 +200,16 @@ def train_teacher(cfg: TeacherConfig, pool: CaptionedPool, check_images: np.ndar
             truncate_metrics(folder.path, step)
             log(f"resumed {folder.path} at step {step}")
         logger = MetricsLogger(folder.path)
+    bf16, note = resolve_bf16(cfg.bf16, "cpu")
+    if note:
+        log(f"note: {note}")
     start = time.time()
     model.train()
     while step < cfg.steps:
         idx = torch.randint(0, len(pool), (cfg.batch_size,), generator=g)
         batch = pool.batch(idx, g, cfg.augment == "dihedral", cfg.captions_per_image, cfg.hard_negatives,
                            cfg.full_caption, prompts=cfg.prompts)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             x, y, scale, bias = model(batch["images"], batch["tokens"])  # (B, C), (B, C), t, b
         keys = (batch["image_keys"], batch["text_keys"]) if cfg.positives != "diagonal" else (None, None)
         keyed = batch["keyed"] if keys[0] is not None else None  # prompts: + where true of the image, - where false

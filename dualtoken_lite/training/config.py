@@ -51,7 +51,8 @@ class TrainConfig:
     seed: int = 0  # seeds python, numpy and torch on every rank (data order is derived from it too)
     deterministic: bool = False  # torch.use_deterministic_algorithms; with it, a resumed run equals an unbroken one
     device: str = "auto"  # "auto" (CUDA if available), "cpu" or "cuda"
-    bf16: bool | None = None  # bf16 autocast; None = on with CUDA, off on the CPU
+    bf16: bool | None = None  # bf16 autocast; None = on with CUDA, off on the CPU; granted only where the device
+    #                           computes bf16 natively (a CPU with AVX-512 or AMX), else fp32 (training/precision.py)
     workers: int = 0  # data-loader worker processes per rank
     threads: int | None = None  # torch CPU threads per process; None = torch's default
     # speed levers (benchmarks/step_speed.py measures each against the step with all of them off)

@@ -37,6 +37,7 @@ from dualtoken_lite.training.allocator import keep_freed_memory
 from dualtoken_lite.training.checkpoints import resume
 from dualtoken_lite.training.config import TrainConfig
 from dualtoken_lite.training.optim import build_adamw, build_schedule
+from dualtoken_lite.training.precision import resolve_bf16
 from dualtoken_lite.training.steps import Trainer
 
 
@@ -133,7 +134,9 @@ def build_trainer(cfg: TrainConfig, world: dist_utils.World) -> Trainer:
         adversary = Adversary(cfg.loss, schedule, steps_per_epoch, total, world.device, world.distributed)
     perceptual = build_perceptual(cfg.loss) if "perceptual" in get_stage(cfg.stage).terms else None
     perceptual = perceptual.to(world.device) if perceptual is not None else None
-    use_bf16 = cfg.bf16 if cfg.bf16 is not None else world.device.type == "cuda"
+    use_bf16, note = resolve_bf16(cfg.bf16, world.device.type)
+    if note and world.is_main:
+        print(f"note: {note}")
     tr = Trainer(cfg=cfg, world=world, model=model, teacher=teacher, siglip=siglip, optimizer=optimizer,
                  scheduler=scheduler, loader=loader, steps_per_epoch=steps_per_epoch, total_steps=total, adversary=adversary,
                  perceptual=perceptual, autocast=use_bf16)

@@ -168,7 +168,7 @@ class Trainer:
     def final_summary(self, skipped: int) -> dict:
         gan = 1.0 if self.adversary is not None else 0.0
         return {"step": self.step, "preset": self.cfg.preset, "stage": self.cfg.stage,
-                "data_skipped": skipped,
+                "precision": "bf16 autocast" if self.autocast else "fp32", "data_skipped": skipped,
                 "loss_terms": term_status(self.cfg.loss, self.cfg.stage, gan, self.perceptual),
                 "eval": self.evaluate() if self.cfg.eval_data else {}}
 

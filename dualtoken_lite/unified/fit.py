@@ -42,7 +42,7 @@ from dualtoken_lite.training.arguments import flag_pairs, set_field
 from dualtoken_lite.training.checkpoints import payload_bytes, restore_loop, save_loop
 from dualtoken_lite.training.logs import MetricsLogger, truncate_metrics
 from dualtoken_lite.training.optim import build_schedule, decay_groups, warmup_cosine
-from dualtoken_lite.training.precision import precision_context
+from dualtoken_lite.training.precision import precision_context, resolve_bf16
 from dualtoken_lite.training.run_folder import NonFiniteError, RunFolder, RunRules
 from dualtoken_lite.training.run_plan import saved_config_loader
 from dualtoken_lite.unified.token_cache import fingerprint
@@ -183,13 +183,16 @@ def fit(model: nn.Module, folder: RunFolder, batch_loss: Callable[[torch.Tensor,
         truncate_metrics(out, step)
         print(f"resumed {out} at step {step}", file=sys.stderr)
     logger = MetricsLogger(out)
+    bf16, note = resolve_bf16(loop.bf16, "cpu")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     model.train()
     bar = tqdm(total=loop.steps, initial=step, desc=f"train {out.name}", unit="step")
     with bar:  # closed before any error line, so that line stands alone
         t0, seen = time.perf_counter(), 0
         while step < loop.steps:
             idx = torch.randint(0, data_size, (loop.batch_size,), generator=batches)  # (B,) rows of the train cache
-            with precision_context("cpu", loop.bf16):
+            with precision_context("cpu", bf16):
                 loss, logs = batch_loss(idx, batches)
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"non-finite loss at step {step + 1}")
