@@ -5,9 +5,9 @@ Builds a paper preset (``so400m-384`` unless ``--preset`` says otherwise) with t
 weights on purpose (a step's speed does not depend on them; no weights need downloading), and times the training
 loop's own step, ``training.loop.train_step``: forward, every loss of the preset (LPIPS, distillation from the
 frozen teacher, the GAN on from the first step), backward, AdamW, the codebook update and the discriminator's
-step, all in bf16 autocast (fp32 where the device has no bf16 kernels). Each step trains on one fixed batch of the tiny world's images resized to the preset's
-resolution (data loading is not part of the step). LPIPS uses torchvision's VGG16 weights when they are on disk
-and a random VGG16 otherwise: the same computation either way.
+step, all in bf16 autocast (fp32 where the device has no bf16 kernels). Each step trains on one fixed batch of the
+tiny world's images resized to the preset's resolution (data loading is not part of the step). LPIPS uses
+torchvision's VGG16 weights when they are on disk and a random VGG16 otherwise: the same computation either way.
 
 For each setting of ``model.backbone.grad_checkpointing`` (on, the preset's, then off) it prints seconds per step,
 images per second, the peak memory (on a GPU the most CUDA memory allocated at once; on a CPU the process's peak
