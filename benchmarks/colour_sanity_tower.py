@@ -22,8 +22,8 @@ from torch import nn
 from dualtoken_lite import DualToken, model_preset
 from dualtoken_lite.evaluation.metrics import luma_chroma_psnr, psnr
 from dualtoken_lite.tinyworld import ensure_tinyworld, load_split, make_batch, to_tensor
+from dualtoken_lite.tinyworld.shape_classifier import load_shape_classifier
 from dualtoken_lite.tinyworld.teacher import load_teacher
-from dualtoken_lite.unified.judge import load_shape_classifier
 
 
 class LinearProjection(nn.Module):

@@ -24,10 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablation": ("dualtoken_lite.tools.ablation", "the paper's one-vs-two codebook ablation at small scale"),
     "tinyworld": ("dualtoken_lite.tinyworld.shards", "write the tiny world's shards (made on first use anyway)"),
     "teacher": ("dualtoken_lite.tools.teacher", "train the tiny world's teacher into a folder"),
-    "train_reader": ("dualtoken_lite.unified.reader_training", "train one unified reader (answers questions on tokens)"),
-    "train_generator": ("dualtoken_lite.unified.generator_training", "train one unified generator of tokens"),
-    "generate": ("dualtoken_lite.unified.prompts", "draw images with a trained unified generator"),
-    "unified_results": ("dualtoken_lite.unified.results", "ship the unified runs' models and write their results"),
+    "train_unified": ("dualtoken_lite.unified.trainer", "train the unified model: text -> image and image -> text"),
+    "generate": ("dualtoken_lite.unified.generate", "draw images from a text prompt with a trained unified model"),
+    "caption": ("dualtoken_lite.unified.caption", "caption image files, or answer a question about them"),
+    "unified_results": ("dualtoken_lite.unified.results", "judge the unified runs, ship the models, write results.json"),
 }
 
 

@@ -64,9 +64,9 @@ from dualtoken_lite.tinyworld.captions import (
 )
 from dualtoken_lite.tinyworld.drawing import make_samples, to_tensor
 from dualtoken_lite.tinyworld.paths import TEACHER_DIR
+from dualtoken_lite.tinyworld.shape_classifier import load_shape_classifier
 from dualtoken_lite.tinyworld.teacher import load_teacher, read_card
 from dualtoken_lite.tinyworld.vocabulary import VOCABULARY
-from dualtoken_lite.unified.judge import load_shape_classifier
 
 FULL = start(0)  # seeds torch, uses cores - 1 threads; True under DUALTOKEN_LITE_FULL=1
 BUDGET = "full" if FULL else "default"  # which recorded figures this run checks
@@ -251,7 +251,7 @@ for a in CLASSIFIED:
 # * **shape**: from the mean token, a ridge regression to the one-hot shape class; its accuracy.
 #
 # Beside the new teacher: the tiny world's previous teacher, the same trunk trained as an 8-way shape classifier
-# (now in `data/unified/shape_classifier/`, where it judges the unified models). It learned that colour does not
+# (now in `data/shape_classifier/`). It learned that colour does not
 # matter, and its blocks threw colour away (docs/tiny_recipe.md §3).
 
 # %%

@@ -440,11 +440,12 @@ def test_train_help_lists_the_flags():
     ("tokens decode {model} {tmp}/none.safetensors --out {tmp}/d", "none.safetensors does not exist"),
     ("tinyworld --out {tmp}/file/shards", "{tmp}/file is not a writable folder"),
     ("train --out {tmp}/file/run", "{tmp}/file is a file"),
-    ("train_reader --loop.steps 0", "loop.steps=0 must be >= 1"),
-    ("train_generator --out {tmp}/file", "{tmp}/file exists and is not a folder"),
-    ("generate data/unified/generator-both --prompt star --out {tmp}/g --tokenizer {tmp}/photos",
+    ("train_unified --loop.steps 0", "loop.steps=0 must be >= 1"),
+    ("train_unified --out {tmp}/file", "{tmp}/file exists and is not a folder"),
+    ("generate data/unified/both --prompt a-star --out {tmp}/g --tokenizer {tmp}/photos",
      "no model.safetensors there"),
-    ("unified_results --runs {tmp}/none --out {tmp}/u", "not found"),
+    ("caption data/unified/both {tmp}/photos --question size", "invalid choice: 'size'"),
+    ("unified_results --runs {tmp}/none --out {tmp}/u", "no finished unified run found"),
     ("ablation --nonsense 1", "has no field 'nonsense'"),
 ])
 def test_every_command_says_a_user_error_in_one_line(model_dir, tmp_path, capsys, argv, fragment):

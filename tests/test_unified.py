@@ -1,4 +1,4 @@
-"""The tiny unified model: token caches, the readers, the generator, prompts and resume.
+"""The tiny unified model: its data, both tasks, sampling in both directions, its commands and its run folder.
 
 Small on purpose (tiny widths, a handful of images, a few steps): the whole file runs in well under a minute on one
 CPU thread. The shipped tokenizer (data/tokenizer) makes the codes, as in the real runs.
@@ -6,42 +6,51 @@ CPU thread. The shipped tokenizer (data/tokenizer) makes the codes, as in the re
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.pretrained import CheckpointError
 from dualtoken_lite.model.token_layout import from_lm_sequence
 from dualtoken_lite.settings import UserError, run_cli
-from dualtoken_lite.tinyworld.drawing import (
-    CLASSES,
-    HUES,
-    TinyWorldConfig,
-    hue_bin,
-    light_figure,
-    make_sample,
-)
+from dualtoken_lite.tinyworld.captions import FIELDS, attribute_values, image_code, sample_captions
+from dualtoken_lite.tinyworld.drawing import make_sample
 from dualtoken_lite.tinyworld.drawing import to_tensor as images_to_tensor
-from dualtoken_lite.tinyworld.paths import UNIFIED_TOKENIZER_DIR
-from dualtoken_lite.unified import generator_training, prompts, reader_training
-from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
+from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
+from dualtoken_lite.unified import caption, generate, trainer
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_offsets, slot_sizes
 from dualtoken_lite.unified.fit import LoopConfig
-from dualtoken_lite.unified.questions import QUESTION_NAMES, describe
-from dualtoken_lite.unified.reader import Reader, ReaderConfig
-from dualtoken_lite.unified.rotary import generator_angles, grid_angles, rotate
-from dualtoken_lite.unified.token_cache import cache_path, encode_split, load_or_encode, read_token_set
+from dualtoken_lite.unified.model import UnifiedConfig, UnifiedModel, condition_inputs
+from dualtoken_lite.unified.sampling import SamplingConfig, draw_stacks, write_answers
+from dualtoken_lite.unified.sequences import (
+    ANSWER_IDS,
+    CAPTION,
+    PROMPT_LENGTH,
+    QUESTION_IDS,
+    TEXT_VOCABULARY,
+    prompt_block,
+    word_ids,
+)
+from dualtoken_lite.unified.token_cache import (
+    HELD_OUT_PAIRS,
+    cache_path,
+    encode_split,
+    held_out_combination,
+    load_or_encode,
+    read_token_set,
+    training_rows,
+)
 from dualtoken_lite.unified.weights import load_model, save_model
 
-TINY_READER = dict(width=16, layers=1, heads=2, dropout=0.0)
-TINY_GENERATOR = dict(width=16, spatial_layers=1, depth_layers=1, heads=2, depth_positions=4, pixel_depths=3,
-                      semantic_depths=2)
+TINY = dict(width=16, layers=1, depth_layers=1, heads=2, depth_positions=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,374 +63,279 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return DualToken.from_pretrained(UNIFIED_TOKENIZER_DIR).eval()
+    return DualToken.from_pretrained(TOKENIZER_DIR).eval()
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tokenizer):
-    """A tiny token cache folder: train 0..15 and eval 0..7."""
+    """A tiny token cache folder: train 0..47 and eval 0..7."""
     folder = tmp_path_factory.mktemp("cache")
-    load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "train", 0, 16, folder, progress=False)
-    load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "eval", 0, 8, folder, progress=False)
+    load_or_encode(tokenizer, TOKENIZER_DIR, "train", 0, 48, folder, progress=False)
+    load_or_encode(tokenizer, TOKENIZER_DIR, "eval", 0, 8, folder, progress=False)
     return folder
 
 
-# ------------------------------------------------------------------------------------------------ tokens and labels
-def test_token_cache_equals_model_encode(tokenizer, tmp_path):
-    """The cached ids are exactly model.encode's codes in the LM layout, and the labels are the descriptions'."""
-    made = load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "eval", 3, 5, tmp_path, progress=False)
-    again = load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "eval", 3, 5, tmp_path, progress=False)  # read from the file
+@pytest.fixture(scope="module")
+def train_set(cache, tokenizer):
+    return load_or_encode(tokenizer, TOKENIZER_DIR, "train", 0, 48, cache, progress=False)
+
+
+def tiny_model(layout, variant="both", seed=0) -> UnifiedModel:
+    torch.manual_seed(seed)
+    return UnifiedModel(UnifiedConfig(variant=variant, **TINY), layout).eval()
+
+
+def some_batch(data, rows, seed=0):
+    cfg = trainer.UnifiedTrainConfig(model=UnifiedConfig(**TINY))
+    return trainer.make_batch(data, torch.as_tensor(rows), cfg, torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_token_cache_equals_model_encode_and_holds_the_captions(tokenizer, tmp_path):
+    made = load_or_encode(tokenizer, TOKENIZER_DIR, "eval", 3, 5, tmp_path, progress=False)
+    again = load_or_encode(tokenizer, TOKENIZER_DIR, "eval", 3, 5, tmp_path, progress=False)  # read from the file
     assert cache_path(tmp_path, "eval", 3, 5).is_file()
     samples = [make_sample(i, "eval") for i in range(3, 8)]
     with torch.no_grad():
         pixel, semantic = tokenizer.encode(images_to_tensor(np.stack([s[0] for s in samples])))
     for data in (made, again):
-        got_pixel, got_semantic = from_lm_sequence(data.tokens, data.layout)
+        got_pixel, got_semantic = from_lm_sequence(data.stacks.flatten(1), data.layout)
         assert torch.equal(got_pixel, pixel) and torch.equal(got_semantic, semantic)
-        assert data.labels.tolist() == [describe(s[1]) for s in samples]
+        assert data.attributes.tolist() == [image_code(attribute_values(s[1])).tolist() for s in samples]
+        texts = [[TEXT_VOCABULARY.decode(c) for c in row] for row in data.captions]
+        assert texts == [[" ".join(t.replace(",", "").split()) for t in sample_captions(s[1])] for s in samples]
         assert data.indices.tolist() == [3, 4, 5, 6, 7] and data.split == "eval"
-    assert data.stacks().shape == (5, 64, 12)
 
 
 def test_a_cache_from_another_tokenizer_is_encoded_again(tokenizer, tmp_path):
-    data = encode_split(tokenizer, "eval", 0, 2, progress=False)
     from dualtoken_lite.unified.token_cache import save_token_set
 
-    stale = data.tokens.clone()
-    stale[:, 0] = (stale[:, 0] + 1) % 512
-    save_token_set(type(data)(stale, data.labels, data.indices, "eval", data.layout), cache_path(tmp_path, "eval", 0, 2),
-                   "another-tokenizer")
-    assert torch.equal(load_or_encode(tokenizer, UNIFIED_TOKENIZER_DIR, "eval", 0, 2, tmp_path, progress=False).tokens,
-                       data.tokens)
+    data = encode_split(tokenizer, "eval", 0, 2, progress=False)
+    stale = data.stacks.clone()
+    stale[:, 0, 0] = (stale[:, 0, 0] + 1) % 512
+    save_token_set(type(data)(stale, data.captions, data.attributes, data.indices, "eval", data.layout),
+                   cache_path(tmp_path, "eval", 0, 2), "another-tokenizer")
+    assert torch.equal(load_or_encode(tokenizer, TOKENIZER_DIR, "eval", 0, 2, tmp_path, progress=False).stacks,
+                       data.stacks)
     assert read_token_set(cache_path(tmp_path, "eval", 0, 2))[1]["tokenizer"] != "another-tokenizer"
 
 
-@pytest.mark.parametrize("rgb, name", [((0.9, 0.1, 0.1), "red"), ((0.9, 0.85, 0.1), "yellow"),
-                                       ((0.1, 0.8, 0.2), "green"), ((0.1, 0.8, 0.8), "cyan"),
-                                       ((0.2, 0.2, 0.9), "blue"), ((0.8, 0.1, 0.8), "magenta"),
-                                       ((0.5, 0.55, 0.5), "grey")])
-def test_hue_bins_name_the_colour_and_survive_lightening(rgb, name):
-    assert hue_bin(np.array(rgb)) == name
-    ground, figure = light_figure(np.zeros(3), np.array(rgb), TinyWorldConfig())
-    if name != "grey":  # lightening keeps the hue (it halves the chroma, so grey is judged before it)
-        assert hue_bin(figure) == name
+def test_held_out_pairs_cover_every_shape_and_colour_once():
+    shapes, colours = zip(*HELD_OUT_PAIRS)
+    assert sorted(shapes) == list(range(8)) and set(colours) == set(range(7))
 
 
-def test_descriptions_carry_every_answer():
-    hues = {make_sample(i, "train")[1]["hue"] for i in range(300)}
-    assert hues == set(HUES)
-    assert len(describe(make_sample(0, "eval")[1])) == len(QUESTION_NAMES)
+def test_held_out_combinations_never_reach_a_training_pair(train_set, cache, tmp_path, monkeypatch):
+    """Every image the trainer pairs with text shows no held-out pair (the train images 0..47 hold some), and the
+    trainer checks its whole training set before it starts."""
+    shown = held_out_combination(train_set.attributes)
+    assert shown.any() and not shown.all()
+    assert set(training_rows(train_set).tolist()) == set(torch.nonzero(~shown)[:, 0].tolist())
+    with pytest.raises(UserError, match="held-out"):
+        trainer.check_training_rows(train_set, torch.arange(len(train_set)))
+    drawn, make_batch = [], trainer.make_batch
+    monkeypatch.setattr(trainer, "make_batch", lambda data, rows, cfg, rng: drawn.append(rows) or make_batch(
+        data, rows, cfg, rng))
+    trainer.run(trainer.UnifiedTrainConfig(out=str(tmp_path / "run"), cache_dir=str(cache), train_count=48,
+                                             eval_count=8, model=UnifiedConfig(**TINY),
+                                             loop=LoopConfig(steps=6, batch_size=8, warmup_steps=1, log_every=1)))
+    assert len(drawn) == 6 and not shown[torch.cat(drawn)].any()
 
 
-# ------------------------------------------------------------------------------------------------ embedding and reader
-def test_code_embeddings_sum_to_the_quantized_vector(tokenizer, cache):
-    """Started from the codebooks, a branch's slot embeddings sum to the tokenizer's quantized vector."""
-    data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
-    embed = CodeStackEmbedding(data.layout, "both", 16, 32)
+def test_a_batch_holds_both_tasks_in_their_layouts(train_set):
+    rows = training_rows(train_set)[:6]
+    batch = some_batch(train_set, rows)
+    assert batch["prompt"].shape == (6, PROMPT_LENGTH) and batch["image_stacks"].shape == (6, 64, 12)
+    for prompt in batch["prompt"]:  # left-padded: <pad>s, <start>, words, <end>
+        ids = prompt.tolist()
+        assert ids[-1] == 2 and 3 in ids and all(i == 0 for i in ids[: ids.index(3)])
+    for row, answer, target in zip(rows, batch["answer"], batch["targets"]):
+        scored = target[target >= 0].tolist()
+        marker = int(answer[0])
+        if marker == CAPTION:
+            assert scored[-1] == 2 and scored[:-1] in [w.tolist()[: w.tolist().index(2)] for w in
+                                                       train_set.captions[row]]
+        else:
+            q = next(q for q, i in QUESTION_IDS.items() if i == marker)
+            assert scored == [ANSWER_IDS[q][int(train_set.attributes[row, FIELDS.index(q)])], 2]
+
+
+def test_code_embeddings_sum_to_the_quantized_vector(tokenizer, train_set):
+    """Started from the codebooks, a branch's slot embeddings sum to what its quantizer rebuilds from the codes."""
+    embed = CodeStackEmbedding(train_set.layout, "pixel", 32, 32)
     embed.init_from_tokenizer(tokenizer)
-    codes = embed.local_codes(data.stacks())  # (B, N, 12)
-    vectors = embed.table(codes + embed.base)  # (B, N, 12, 32)
-    pixel, semantic = from_lm_sequence(data.tokens, data.layout)
-    torch.testing.assert_close(vectors[..., :8, :].sum(-2), tokenizer.pixel_quantizer.decode(pixel).flatten(1, 2))
-    torch.testing.assert_close(vectors[..., 8:, :].sum(-2), tokenizer.semantic_quantizer.decode(semantic).flatten(1, 2))
+    torch.nn.init.eye_(embed.pixel_proj.weight)
+    stacks = train_set.stacks[:2]
+    codes = (stacks[..., :8] - slot_offsets(train_set.layout)[:8]).reshape(2, 8, 8, 8)
+    with torch.no_grad():
+        want = tokenizer.pixel_quantizer.decode(codes).reshape(2, 64, 32)
+        assert torch.allclose(embed(stacks), want, atol=1e-5)
+    assert slot_sizes(train_set.layout) == [512] * 12
 
 
-@pytest.mark.parametrize("variant", ["semantic", "pixel", "both"])
-def test_reader_answers_all_questions_as_it_answers_each_alone(cache, variant):
-    data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
-    reader = Reader(ReaderConfig(variant=variant, **TINY_READER), data.layout).eval()
-    together = reader(data.stacks())  # (B, Q, A)
-    for q in range(len(QUESTION_NAMES)):
-        torch.testing.assert_close(reader(data.stacks(), [q])[:, 0], together[:, q], rtol=1e-5, atol=1e-5)
-    # a variant reads only its own codes: changing the other branch's ids changes nothing
-    other = data.stacks().clone()
-    if variant == "semantic":
-        other[..., :8] = (other[..., :8] + 1) % 512
-    elif variant == "pixel":
-        other[..., 8:] = 512 + (other[..., 8:] - 512 + 1) % 512
-    if variant != "both":
-        torch.testing.assert_close(reader(other), together)
+# ------------------------------------------------------------------------------------------------ model and sampling
+@pytest.mark.parametrize("variant", ["pixel", "both"])
+def test_cached_paths_equal_the_full_forward_pass(train_set, variant):
+    model = tiny_model(train_set.layout, variant)
+    rows = training_rows(train_set)[:3]
+    batch = some_batch(train_set, rows)
+    with torch.no_grad():
+        full = model.image_contexts(batch["prompt"], batch["image_stacks"])  # (B, N, C)
+        cache = model.main.new_cache()
+        steps = [model.main.step(torch.cat([model.embed_prompt(batch["prompt"]), model.boi(3)], 1), cache)[:, -1]]
+        summary = model.prompt_summary(batch["prompt"])
+        for n in range(63):
+            x = condition_inputs(model.embed_image(batch["image_stacks"][:, n : n + 1], n), summary)
+            steps.append(model.main.step(x, cache)[:, -1])
+        assert torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
+        logits = model.answer_logits(batch["text_stacks"], batch["answer"])  # (B, A, V)
+        cache = model.main.new_cache()
+        x = torch.cat([model.boi(3), model.embed_image(batch["text_stacks"]), model.embed_answer(batch["answer"][:, :1])], 1)
+        got = [model.word_head(model.main.step(x, cache)[:, -1])]
+        for j in range(1, 5):
+            got.append(model.word_head(model.main.step(model.embed_answer(batch["answer"][:, j : j + 1], j), cache)[:, -1]))
+        assert torch.allclose(torch.stack(got, 1), logits[:, :5], atol=1e-5)
 
 
-def test_reader_pipeline_never_mixes_train_and_eval(tokenizer, cache):
-    cfg = reader_training.ReaderTrainConfig(cache_dir=str(cache), train_count=16, eval_count=8)
-    train, held = reader_training.reader_data(cfg, tokenizer)
-    assert train.split == "train" and held.split == "eval"
-    assert train.indices.tolist() == list(range(16)) and held.indices.tolist() == list(range(8))
-    with pytest.raises(UserError, match="eval split"):
-        reader_training.check_disjoint(train, train)
-    leaked = type(held)(torch.cat([held.tokens, train.tokens[:1]]), held.labels, held.indices, "eval", held.layout)
-    with pytest.raises(UserError, match="overlap"):
-        reader_training.check_disjoint(train, leaked)
-
-
-# ------------------------------------------------------------------------------------------------ generator
 @pytest.mark.parametrize("variant", ["pixel", "both"])
 @pytest.mark.parametrize("top_k, guidance", [(None, 1.0), (3, 2.0)])
-def test_sampling_is_deterministic_and_emits_only_valid_ids(cache, variant, top_k, guidance):
-    data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
-    torch.manual_seed(0)
-    gen = ARGenerator(GeneratorConfig(variant=variant, **TINY_GENERATOR), data.layout).eval()
-    classes = torch.tensor([0, 4, 7])
-
-    def draw(seed):
-        return gen.sample(classes, temperature=1.0, top_k=top_k, guidance=guidance,
-                          rng=torch.Generator().manual_seed(seed))
-
-    a, b, c = draw(1), draw(1), draw(2)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert gen.slots == ([0, 1, 2] if variant == "pixel" else [0, 1, 2, 8, 9])  # pixel depths 1-3 (+ semantic 1-2)
-    assert a.shape == (3, 64, len(gen.slots))
-    low = slot_offsets(data.layout)[gen.slots]
-    size = torch.tensor([slot_sizes(data.layout)[s] for s in gen.slots])
-    assert bool(((a >= low) & (a < low + size)).all()), "every id lies in its own slot's range"
-    assert len(a[..., 0].unique()) > 1, "random weights spread over many codes: a real range check"
-    prompts.stacks_to_pixel_codes(a, gen)  # the layout's own check of every id
+def test_sampling_is_deterministic_and_emits_only_valid_ids(train_set, variant, top_k, guidance):
+    model = tiny_model(train_set.layout, variant)
+    prompt = prompt_block(["a red star", "a small blue disc on a photo"])
+    sampling = SamplingConfig(top_k=top_k, guidance=guidance)
+    a = draw_stacks(model, prompt, sampling, torch.Generator().manual_seed(5))
+    b = draw_stacks(model, prompt, sampling, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and a.shape == (2, 64, len(model.slots))
+    low = slot_offsets(train_set.layout)[model.slots]
+    high = low + torch.tensor(model.sizes)
+    assert bool(((a >= low) & (a < high)).all())
+    own = dataclasses.replace(train_set.layout, semantic_depth=4 if variant == "both" else 0,
+                              semantic_codebook_size=512 if variant == "both" else 0)
+    pixel, _ = from_lm_sequence(a.flatten(1), own)  # the layout's own check of every id
+    assert torch.equal(generate.pixel_codes(model, a), pixel)
 
 
-@pytest.mark.parametrize("variant,rotary", [("pixel", False), ("both", False), ("both", True)])
-def test_cached_sampling_agrees_with_the_full_forward_pass(cache, variant, rotary):
-    """Greedy sampling with key/value caches picks, at every slot, the argmax of the teacher-forced full pass."""
-    data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
-    torch.manual_seed(1)
-    gen = ARGenerator(GeneratorConfig(variant=variant, rotary=rotary, **TINY_GENERATOR), data.layout).eval()
-    classes = torch.tensor([2, 5])
-    stacks = gen.sample(classes, temperature=0.0)  # (B, N, S)
-    full = torch.zeros(2, 64, 12, dtype=torch.long)
-    full[..., gen.slots] = stacks
-    with torch.no_grad():
-        h = gen.forward_spatial(full[:, :-1], classes)  # (B, N, C)
-        codes = gen.embed.local_codes(full)  # (B, N, S)
-        out = gen.forward_depth(h.flatten(0, 1), codes.flatten(0, 1)[:, :-1])  # (B N, S, C)
-    greedy = torch.stack([logits.argmax(-1) for logits in gen.slot_logits(out)], 1)  # (B N, S)
-    assert torch.equal(greedy, codes.flatten(0, 1))
+def test_text_to_image_to_text_round_trip_on_a_few_step_model(tokenizer, cache, tmp_path):
+    cfg = trainer.UnifiedTrainConfig(out=str(tmp_path / "run"), cache_dir=str(cache), train_count=48, eval_count=8,
+                                      model=UnifiedConfig(**TINY),
+                                      loop=LoopConfig(steps=3, batch_size=4, warmup_steps=1, log_every=1))
+    summary = trainer.run(cfg)
+    assert set(summary["answers"]) == {"shape", "colour", "fill", "background"}
+    model = load_model(tmp_path / "run" / "model")
+    _, images = generate.generate_images(model, tokenizer, ["a red star on a photo"] * 2, SamplingConfig(batch_size=2))
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+    texts = caption.read_images(model, tokenizer, images_to_tensor(images))
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    answers = caption.read_images(model, tokenizer, images_to_tensor(images), question="colour")
+    assert all(w in TEXT_VOCABULARY.ids for a in answers for w in a.split())
 
 
-def test_heldout_loss_is_the_exact_loss_over_every_code(cache):
-    """generator_training.heldout_loss: every position, the class given (no dropout), the mean NLL of all modelled
-    codes; the same twice, and the model's training flag is left as it was."""
-    data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
-    torch.manual_seed(3)
-    gen = ARGenerator(GeneratorConfig(variant="both", **{**TINY_GENERATOR, "class_dropout": 0.5}), data.layout)
-    gen.train()
-    first, second = generator_training.heldout_loss(gen, data), generator_training.heldout_loss(gen, data)
-    assert gen.training and first == second
-    stacks, classes = data.stacks(), data.labels[:, 0]
-    with torch.no_grad():
-        h = gen.forward_spatial(stacks[:, :-1], classes)  # (B, N, C)
-        codes = gen.embed.local_codes(stacks).flatten(0, 1)  # (B N, S)
-        logits = gen.slot_logits(gen.forward_depth(h.flatten(0, 1), codes[:, :-1]))  # S x (B N, K)
-    by_hand = torch.stack([F.cross_entropy(z, codes[:, j]) for j, z in enumerate(logits)]).mean()
-    assert first["loss"] == pytest.approx(float(by_hand), abs=1e-4)
+def test_answers_stop_at_end_and_never_emit_pads(train_set):
+    model = tiny_model(train_set.layout)
+    answers = write_answers(model, train_set.stacks[:4], torch.full((4,), CAPTION))
+    assert all(0 not in a and 2 not in a and len(a) <= 17 for a in answers)
 
 
-def test_a_model_folder_lacking_a_config_field_is_refused(cache, tmp_path):
-    """A unified model folder loads exactly as saved; a config.json missing a field names it instead of guessing."""
-    data, _ = read_token_set(cache_path(cache, "eval", 0, 8))
-    torch.manual_seed(0)
-    gen = ARGenerator(GeneratorConfig(variant="both", **TINY_GENERATOR), data.layout).eval()
-    save_model(gen, tmp_path / "m")
-    stacks, classes = data.stacks(), data.labels[:, 0]
-    assert torch.equal(gen.loss(stacks, classes)[0], load_model(tmp_path / "m", kind="generator").loss(stacks, classes)[0])
+# ------------------------------------------------------------------------------------------------ folders, commands
+def test_a_model_folder_round_trips_and_old_folders_are_refused(train_set, tmp_path):
+    model = tiny_model(train_set.layout)
+    save_model(model, tmp_path / "m", half=True, tokenizer="abc")
+    back = load_model(tmp_path / "m")
+    assert back.cfg == model.cfg and back.tokenizer_id == "abc"
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    del config["config"]["rotary"]
+    del config["config"]["depth_layers"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"lacks the field\(s\) \['config.rotary'\]"):
-        load_model(tmp_path / "m", kind="generator")
+    with pytest.raises(CheckpointError, match="lacks the field"):
+        load_model(tmp_path / "m")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"format": "dualtoken_lite.unified",
+                                                              "format_version": 1, "kind": "generator"}))
+    with pytest.raises(CheckpointError, match="replaced by one model.*data/unified/both.*train_unified"):
+        load_model(tmp_path / "old")
 
 
-def test_rotary_scores_depend_only_on_the_grid_offset():
-    """A query turned for cell a and a key turned for cell b score the same as for cells a + d and b + d."""
-    torch.manual_seed(0)
-    q, k = torch.randn(16), torch.randn(16)
-
-    def score(query_cell, key_cell):
-        qa = grid_angles(torch.tensor([query_cell[0]]), torch.tensor([query_cell[1]]), 16)
-        ka = grid_angles(torch.tensor([key_cell[0]]), torch.tensor([key_cell[1]]), 16)
-        return float((rotate(q[None], qa) * rotate(k[None], ka)).sum())
-
-    assert score((3, 4), (2, 4)) == pytest.approx(score((6, 1), (5, 1)), abs=1e-5)  # one row up, anywhere
-    assert score((3, 4), (2, 4)) != pytest.approx(score((3, 4), (3, 3)), abs=1e-3)  # up differs from left
-    query, key = generator_angles(8, 16)  # input t predicts cell t and holds cell t - 1
-    assert torch.equal(key[1:], query[:-1]) and query.shape == (64, 8)
-    assert torch.allclose(rotate(q[None], query[:1]), q[None])  # cell (0, 0): no turn
-
-
-def test_a_briefly_trained_generator_learns_and_decodes_to_images(tokenizer, cache):
-    data, _ = read_token_set(cache_path(cache, "train", 0, 16))
-    torch.manual_seed(0)
-    gen = ARGenerator(GeneratorConfig(variant="both", **TINY_GENERATOR), data.layout)
-    gen.embed.init_from_tokenizer(tokenizer)
-    optimizer = torch.optim.AdamW(gen.parameters(), lr=3e-3)
-    stacks, classes, rng = data.stacks()[:4], data.labels[:4, 0], torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(12):
-        loss, _ = gen.loss(stacks, classes, rng)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.5, f"the loss should fall on 4 images: {losses}"
-    gen.eval()
-    out, images = prompts.generate_images(gen, tokenizer, torch.tensor([1, 4]), prompts.SamplingConfig(top_k=8))
-    assert out.shape == (2, 64, 5) and images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
-
-
-# ------------------------------------------------------------------------------------------------ commands
-def test_unknown_prompt_is_a_clear_error(capsys, tmp_path):
-    with pytest.raises(UserError, match="dragon.*" + ", ".join(CLASSES)):
-        prompts.parse_prompt("dragon")
-    assert prompts.parse_prompt(" Star ") == CLASSES.index("star")
-    code = run_cli(prompts.main, [str(tmp_path / "nothing"), "--prompt", "dragon", "--out", str(tmp_path / "o")])
+@pytest.mark.parametrize("prompt, fragment", [("a dragon on a photo", "unknown word(s) 'dragon'"),
+                                              ("star", "is a class name; the unified model takes a caption: "
+                                                       "write 'a star'"),
+                                              ("!!", "has no words")])
+def test_bad_prompts_are_refused_before_anything_loads(prompt, fragment, capsys, tmp_path):
+    code = run_cli(generate.main, [str(tmp_path / "nothing"), "--prompt", prompt, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 2 and "unknown prompt 'dragon'" in err and "heart" in err and not (tmp_path / "o").exists()
+    assert code == 2 and fragment in err and not (tmp_path / "o").exists()
+    if "dragon" in prompt:
+        assert "crescent" in err and "striped" in err  # the vocabulary is named
+    with pytest.raises(UserError):
+        generate.check_prompt(prompt)
+    assert word_ids("a small red star", 16) == [TEXT_VOCABULARY.ids[w] for w in "a small red star".split()]
 
 
-def test_generator_run_resumes_and_its_model_draws_pngs(cache, tmp_path):
-    """Trainer -> float16 model folder -> `generate` writes PNGs; a resumed run equals an unbroken one."""
-    def config(out, steps, resume=None):
-        return generator_training.GeneratorTrainConfig(
-            out=str(tmp_path / out), cache_dir=str(cache), train_count=16, reference_count=8, eval_samples=8,
-            resume=resume, model=GeneratorConfig(rotary=True, **TINY_GENERATOR),
-            loop=LoopConfig(steps=steps, batch_size=4, warmup_steps=1, log_every=1, save_every=2, bf16=True))
-
-    whole = generator_training.run(config("whole", 4))
-    generator_training.run(config("broken", 4))
-    broken = tmp_path / "broken"  # as a run killed after its step-2 checkpoint leaves it
-    for name in ("checkpoints/step_00000004", "model", "summary.json"):
-        shutil.rmtree(broken / name) if (broken / name).is_dir() else (broken / name).unlink()
-    (broken / "checkpoints" / "latest").write_text("step_00000002\n")
-    resumed = generator_training.run(config("broken", 4, resume="auto"))
-    a = load_file(str(tmp_path / "whole/checkpoints/step_00000004/model.safetensors"))
-    b = load_file(str(tmp_path / "broken/checkpoints/step_00000004/model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert whole["generation"]["count"] == 8 and resumed["step"] == 4
-    assert 0 <= whole["generation"]["teacher_accuracy"] <= 1 and whole["generation"]["frechet"] > 0
-    assert generator_training.run(config("broken", 4, resume="auto"))["step"] == 4  # a finished run is reported
-    with pytest.raises(UserError, match="already holds a run"):
-        generator_training.run(config("broken", 4))
-    model = tmp_path / "whole" / "model"
-    assert load_model(model).cfg.variant == "both"
-    assert json.loads((model / "config.json").read_text())["kind"] == "generator"
-    assert run_cli(prompts.main, [str(model), "--prompt", "star", "heart", "--num", "2", "--out",
-                                  str(tmp_path / "png")]) == 0
-    names = json.loads((tmp_path / "png" / "samples.json").read_text())["files"]
-    assert names == ["star_000.png", "star_001.png", "heart_000.png", "heart_001.png"]
-    assert all((tmp_path / "png" / n).is_file() for n in names) and (tmp_path / "png" / "grid.png").is_file()
+def test_generate_refuses_an_old_folder_naming_the_replacement(train_set, tmp_path, capsys):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"format": "dualtoken_lite.unified",
+                                                              "format_version": 1, "kind": "reader"}))
+    code = run_cli(generate.main, [str(tmp_path / "old"), "--prompt", "a star", "--out", str(tmp_path / "o")])
+    assert code == 2 and "data/unified/both" in capsys.readouterr().err
 
 
-def test_reader_run_scores_held_out_questions(cache, tmp_path):
-    cfg = reader_training.ReaderTrainConfig(out=str(tmp_path / "r"), cache_dir=str(cache), train_count=16,
-                                            eval_count=8, model=ReaderConfig(**TINY_READER),
-                                            loop=LoopConfig(steps=3, batch_size=4, warmup_steps=1, log_every=1))
-    summary = reader_training.run(cfg)
-    assert set(summary["accuracy"]) == set(QUESTION_NAMES) and summary["eval_images"] == "eval 0..7"
-    assert all(0 <= v <= 1 for v in summary["accuracy"].values())
-    assert load_model(tmp_path / "r" / "model", kind="reader").cfg.variant == "both"
-
-
-def test_results_keep_the_readers_when_only_the_generators_were_retrained(tmp_path):
-    """unified_results --keep-readers takes the readers' rows from the old results.json and ships only generators."""
-    from dualtoken_lite.unified import results
-
-    runs, out = tmp_path / "runs", tmp_path / "out"
-    old = {"readers": {"both": {"mean": {"shape": 0.9}}}, "majority_baseline": {"shape": 0.125}}
-    out.mkdir()
-    (out / "results.json").write_text(json.dumps(old))
-    for variant in results.GENERATORS:
-        for seed in results.SEEDS:
-            run = runs / f"generator-{variant}-s{seed}"
-            (run / "model").mkdir(parents=True)
-            (run / "model" / "config.json").write_text("{}")
-            row = {"generation": {"teacher_accuracy": 0.5 + seed / 10, "frechet": 2.0}, "command": "c",
-                   "train_minutes": 1.0, "threads": 1, "load_average_1_5_15": [1, 1, 1], "parameters": 7,
-                   "reference_images": "eval 0..1023"}
-            (run / "summary.json").write_text(json.dumps(row))
-    table = results.collect(runs, out, keep_readers=True)
-    assert table["readers"] == old["readers"] and table["majority_baseline"] == old["majority_baseline"]
-    assert table["generators"]["both"]["mean"]["teacher_accuracy"] == pytest.approx(0.55)
-    assert (out / "generator-pixel" / "config.json").is_file() and not (out / "reader-both").exists()
-    with pytest.raises(results.MissingFile, match="reader-semantic-s0"):
-        results.collect(runs, tmp_path / "elsewhere")  # without the flag the reader runs are required
-
-
-# ------------------------------------------------------------------------------------------------ run folders
-def test_the_unified_trainers_keep_the_run_folder_promises(cache, tmp_path, capsys, monkeypatch):
-    """The tokenizer trainer's promises (training/run_folder.py), through `train_reader`'s command line."""
-    import os
-    import signal
-
-    flags = ["--cache_dir", str(cache), "--train_count", "16", "--eval_count", "8", "--model.width", "16",
-             "--model.layers", "1", "--model.heads", "2", "--model.dropout", "0", "--steps", "2",
-             "--batch_size", "4", "--warmup_steps", "1", "--log_every", "1", "--save_every", "1"]
-
-    def reader(*args: str) -> tuple[int, str]:
-        code = run_cli(reader_training.main, [*flags, *args])
-        return code, capsys.readouterr().err
-
-    run, other = tmp_path / "run", tmp_path / "other"
-    run.mkdir()
-    (run / "notes.txt").write_text("mine")
-    assert reader("--out", str(run))[0] == 0  # a folder holding only unrelated files is not a run
-    assert (run / "notes.txt").read_text() == "mine" and (run / "summary.json").is_file()
-    assert reader("--out", str(other), "--loop.seed", "1")[0] == 0
-    code, err = reader("--resume", str(other), "--out", str(run))  # OTHER's weights must not land in RUN
-    assert code == 2 and f"--out {run} is not the folder of the run being resumed ({other})" in err
-    code, err = reader("--resume", str(run), "--steps", "3")  # no --out: the run being resumed is the folder
-    assert code == 0 and "loop.steps changed from 2 to 3" in err
-    assert json.loads((run / "summary.json").read_text())["step"] == 3
-    code, err = reader("--out", str(run))
-    assert code == 2 and "already holds a run" in err and "--overwrite" in err
-    assert reader("--out", str(run), "--overwrite")[0] == 0  # a bare --overwrite, as that message says
-    assert (run / "notes.txt").is_file() and json.loads((run / "summary.json").read_text())["step"] == 2
-
-    calls = {"n": 0}
-    loss = Reader.loss
-
-    def fails_at_step_2(self, stacks, labels):
-        calls["n"] += 1
-        value, logs = loss(self, stacks, labels)
-        return (value * float("nan") if calls["n"] == 2 else value), logs
-
-    monkeypatch.setattr(Reader, "loss", fails_at_step_2)
-    code, err = reader("--out", str(tmp_path / "nan"))
-    assert code == 3 and "non-finite loss at step 2" in err and "Traceback" not in err
-
-    def stopped_in_step_1(self, stacks, labels):
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, as a scheduler's would
-        return loss(self, stacks, labels)
-
-    monkeypatch.setattr(Reader, "loss", stopped_in_step_1)
-    stop = tmp_path / "stop"
-    code, err = reader("--out", str(stop))
-    assert code == 4 and (f"stopped by SIGTERM after step 1: checkpoint {stop / 'checkpoints' / 'step_00000001'}; "
-                          f"continue the run with: python -m dualtoken_lite train_reader --out {stop} --resume auto"
-                          ) in err
-    monkeypatch.setattr(Reader, "loss", loss)
-    assert run_cli(reader_training.main, ["--out", str(stop), "--resume", "auto"]) == 0  # that command
-    assert json.loads((stop / "summary.json").read_text())["step"] == 2
-
-
-def test_generate_checks_out_before_sampling_and_keeps_what_was_drawn_when_stopped(tmp_path, capsys, monkeypatch):
-    import os
-    import signal
-
-    model = "data/unified/generator-both"
+def test_generate_keeps_what_was_drawn_when_stopped(train_set, tmp_path, capsys, monkeypatch):
+    model = tmp_path / "m"
+    save_model(tiny_model(train_set.layout), model, half=True)
     (tmp_path / "file").write_text("")
-    code = run_cli(prompts.main, [model, "--prompt", "star", "--out", str(tmp_path / "file")])
+    code = run_cli(generate.main, [str(model), "--prompt", "a star", "--out", str(tmp_path / "file")])
     assert code == 2 and f"--out {tmp_path / 'file'} is a file" in capsys.readouterr().err
 
-    def two_batches_then_ctrl_c(generator, tokenizer, classes, sampling):
+    def two_batches_then_ctrl_c(model, tokenizer, prompts, sampling):
         for start in (0, 2):
             yield None, np.full((2, 64, 64, 3), 40 * start, dtype=np.uint8)
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the third batch is drawn
         yield None, np.zeros((2, 64, 64, 3), dtype=np.uint8)
 
-    monkeypatch.setattr(prompts, "draw", two_batches_then_ctrl_c)
+    monkeypatch.setattr(generate, "draw", two_batches_then_ctrl_c)
     out = tmp_path / "png"
-    code = run_cli(prompts.main, [model, "--prompt", "star", "--num", "100000", "--out", str(out)])
+    code = run_cli(generate.main, [str(model), "--prompt", "a star", "--num", "100000", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 130 and f"stopped by Ctrl-C: 4 of 100000 images written to {out}" in err
     names = json.loads((out / "samples.json").read_text())["files"]
-    assert names == ["star_000.png", "star_001.png", "star_002.png", "star_003.png"]
+    assert names == [f"00_a_star_{j:03d}.png" for j in range(4)]
     assert sorted(p.name for p in out.iterdir()) == sorted([*names, "samples.json"])
+
+
+# ------------------------------------------------------------------------------------------------ run folder
+def test_the_trainer_keeps_the_run_folder_promises_and_resumes_bit_exactly(cache, tmp_path, capsys, monkeypatch):
+    """training/'s promises (run_folder.py) through `train_unified`'s command line."""
+    flags = ["--cache_dir", str(cache), "--train_count", "48", "--eval_count", "8", "--model.width", "16",
+             "--model.layers", "1", "--model.depth_layers", "1", "--model.heads", "2", "--model.depth_positions",
+             "4", "--steps", "4", "--batch_size", "4", "--warmup_steps", "1", "--log_every", "1", "--save_every", "2"]
+
+    def train(*args: str) -> tuple[int, str]:
+        code = run_cli(trainer.main, [*flags, *args])
+        return code, capsys.readouterr().err
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert train("--out", str(whole))[0] == 0 and train("--out", str(broken))[0] == 0
+    for name in ("checkpoints/step_00000004", "model", "summary.json"):  # as a run killed after step 2 leaves it
+        shutil.rmtree(broken / name) if (broken / name).is_dir() else (broken / name).unlink()
+    (broken / "checkpoints" / "latest").write_text("step_00000002\n")
+    assert train("--out", str(broken), "--resume", "auto")[0] == 0
+    a = load_file(str(whole / "checkpoints/step_00000004/model.safetensors"))
+    b = load_file(str(broken / "checkpoints/step_00000004/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    code, err = train("--out", str(whole))
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err
+
+    loss = UnifiedModel.loss
+    monkeypatch.setattr(UnifiedModel, "loss", lambda self, batch, rng=None: (
+        loss(self, batch, rng)[0] * float("nan"), {}))
+    code, err = train("--out", str(tmp_path / "nan"))
+    assert code == 3 and "non-finite loss at step 1" in err and "Traceback" not in err
+
+    def stopped_in_step_1(self, batch, rng=None):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, as a scheduler's would
+        return loss(self, batch, rng)
+
+    monkeypatch.setattr(UnifiedModel, "loss", stopped_in_step_1)
+    stop = tmp_path / "stop"
+    code, err = train("--out", str(stop))
+    assert code == 4 and (f"stopped by SIGTERM after step 1: checkpoint {stop / 'checkpoints' / 'step_00000001'}; "
+                          f"continue the run with: python -m dualtoken_lite train_unified --out {stop} --resume auto"
+                          ) in err

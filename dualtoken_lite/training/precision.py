@@ -3,9 +3,9 @@
     with precision_context("cpu", bf16=True):
         loss = model(batch)            # matmuls in bf16; weights, optimizer and loss stay fp32
 
-Both trainers use it (training/steps.py for the tokenizer, unified/fit.py for the readers and generators). With
+Both trainers use it (training/steps.py for the tokenizer, unified/fit.py for the unified model). With
 bf16 on the CPU the math attention kernel is chosen because the CPU flash-attention kernel's bf16 backward is
-2-20x slower at these sizes (benchmarks/step_speed.py, benchmarks/generator_step_speed.py); fp32 keeps the
+2-20x slower at these sizes (benchmarks/step_speed.py); fp32 keeps the
 default kernels unless ``math_attention`` asks otherwise.
 
 bf16 pays only where the hardware computes it: a CUDA GPU, or a CPU whose oneDNN has bf16 kernels (AVX-512, AMX).

@@ -1,11 +1,10 @@
-"""The transformer block both unified models are made of: pre-norm self-attention and an MLP (GPT-2 / ViT layout).
+"""The transformer block the unified model is made of: pre-norm causal self-attention and an MLP (GPT-2 layout).
 
-    x = x + Attn(LN(x), mask)        # (B, T, C); mask (T, T) bool, True = may attend; or causal
+    x = x + Attn(LN(x))              # (B, T, C); causal: token t attends to tokens <= t
     x = x + MLP(LN(x))               # C -> 4C -> C, GELU
 
-``Transformer`` stacks L blocks and a final LayerNorm; ``step`` decodes one token at a time with a key/value cache
-(sampling: each new token costs one token's work instead of a pass over the whole prefix). The reader uses an explicit mask (questions see the image,
-the image never sees the questions); the generator's two transformers are causal.
+``Transformer`` stacks L blocks and a final LayerNorm; ``step`` decodes with a key/value cache (sampling: each
+new token costs one token's work instead of a pass over the whole prefix).
 """
 
 from __future__ import annotations
@@ -14,13 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dualtoken_lite.unified.rotary import rotate
-
-Angles = tuple[Tensor, Tensor] | None  # rotary angles of the queries and of the keys, (T, c / 2) each (unified/rotary.py)
-
 
 class Block(nn.Module):
-    """One pre-norm transformer block (module docstring)."""
+    """One pre-norm causal transformer block (module docstring)."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
@@ -33,56 +28,54 @@ class Block(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width), nn.Dropout(dropout))
 
-    def attend(self, x: Tensor, mask: Tensor | None, causal: bool, angles: Angles = None) -> Tensor:
-        """Multi-head self-attention: (B, T, C) -> (B, T, C); queries and keys turned by ``angles`` if given."""
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, C) -> queries, keys, values (B, h, T, c), c = C / h."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, T, c)
-        if angles is not None:
-            q, k = rotate(q, angles[0][:T]), rotate(k, angles[1][:T])
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, h, T, c)
-        return self.proj(a.transpose(1, 2).reshape(B, T, C))
+        return self.qkv(self.norm1(x)).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False, angles: Angles = None) -> Tensor:
-        x = x + self.attend(self.norm1(x), mask, causal, angles)
+    def merge(self, x: Tensor, a: Tensor) -> Tensor:
+        """Residual adds: x (B, T, C) + proj(attention output (B, h, T, c)), then the MLP."""
+        x = x + self.proj(a.transpose(1, 2).reshape(x.shape))
         return x + self.mlp(self.norm2(x))
 
-    def step(self, x: Tensor, cache: dict, angles: Angles = None) -> Tensor:
-        """Causal decoding of ONE new token x (B, 1, C) that attends to the keys/values cached from earlier steps;
-        ``angles``: the new token's query and key angles, (1, c / 2) each."""
-        B, _, C = x.shape
-        q, k, v = self.qkv(self.norm1(x)).reshape(B, 1, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        if angles is not None:
-            q, k = rotate(q, angles[0]), rotate(k, angles[1])  # the cache holds turned keys
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv_heads(x)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, h, T, c)
+        return self.merge(x, a)
+
+    def step(self, x: Tensor, cache: dict) -> Tensor:
+        """New tokens x (B, T, C) attending to the keys/values cached from earlier steps and causally to each other:
+        ONE token after a filled cache, or any number into an empty one (a prefix)."""
+        T = x.shape[1]
+        if cache and T > 1:
+            raise ValueError(f"step takes one token after a filled cache, got {T}")
+        q, k, v = self.qkv_heads(x)
         if cache:
             k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)  # (B, h, t + 1, c)
         cache["k"], cache["v"] = k, v
-        a = F.scaled_dot_product_attention(q, k, v)  # the new token is last: everything cached is its past
-        x = x + self.proj(a.transpose(1, 2).reshape(B, 1, C))
-        return x + self.mlp(self.norm2(x))
+        return self.merge(x, F.scaled_dot_product_attention(q, k, v, is_causal=T > 1))  # all cached is the past
 
 
 class Transformer(nn.Module):
-    """L blocks and a final LayerNorm: (B, T, C) -> (B, T, C)."""
+    """L causal blocks and a final LayerNorm: (B, T, C) -> (B, T, C)."""
 
     def __init__(self, width: int, layers: int, heads: int, dropout: float = 0.0):
         super().__init__()
         self.blocks = nn.ModuleList(Block(width, heads, dropout=dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False, angles: Angles = None) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
-            x = block(x, mask, causal, angles)
+            x = block(x)
         return self.norm(x)
 
-    def step(self, x: Tensor, caches: list[dict], angles: Angles = None) -> Tensor:
-        """One new token (B, 1, C) -> its output (B, 1, C), with a key/value cache per block (``new_cache``).
-
-        Equal to the last position of ``forward(all tokens so far, causal=True, angles)``, at the cost of one token
-        (``angles`` here: that token's rows of the full tables).
-        """
+    def step(self, x: Tensor, caches: list[dict]) -> Tensor:
+        """New tokens (B, T, C) -> their outputs (B, T, C), with a key/value cache per block (``new_cache``): a whole
+        prefix into empty caches, then one token at a time. Equal to the last T positions of ``forward`` over all
+        tokens so far, at the cost of T tokens."""
         for block, cache in zip(self.blocks, caches):
-            x = block.step(x, cache, angles)
+            x = block.step(x, cache)
         return self.norm(x)
 
     def new_cache(self) -> list[dict]:

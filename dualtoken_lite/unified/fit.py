@@ -1,6 +1,6 @@
-"""The training loop both unified trainers share, built from the tokenizer trainer's parts (training/).
+"""The unified model's training loop, built from the tokenizer trainer's parts (training/).
 
-    with RunFolder(cfg, unified_rules(ReaderTrainConfig, "train_reader"), given=given) as folder:
+    with RunFolder(cfg, unified_rules(UnifiedTrainConfig, "train_unified"), given=given) as folder:
         step = fit(model, folder, batch_loss, data_size)   # cfg: a trainer config with .out/.resume/.overwrite/.loop
 
 One step: draw ``batch_size`` row indices of the token cache from the run's own seeded generator, ``batch_loss``
@@ -64,7 +64,7 @@ class LoopConfig:
     min_lr_ratio: float = 0.05  # the cosine ends at lr * min_lr_ratio
     weight_decay: float = 0.05  # AdamW decoupled weight decay on matrices (none on biases, norms, embeddings)
     grad_clip: float = 1.0  # max global gradient norm
-    seed: int = 0  # seeds the weights, the batch order and the class dropout
+    seed: int = 0  # seeds the weights, the batch order and the prompt dropout
     threads: int = 1  # torch CPU threads
     bf16: bool = False  # bf16 autocast of the forward pass (weights, optimizer and loss stay fp32; training/precision.py)
     log_every: int = 50  # steps between lines of metrics.jsonl
@@ -120,7 +120,7 @@ def flat_config(cfg) -> dict:
 
 
 def unified_rules(config_class: type, name: str) -> RunRules:
-    """The run-folder rules of a unified trainer (``name``: its command, e.g. "train_reader")."""
+    """The run-folder rules of a unified trainer (``name``: its command, e.g. "train_unified")."""
     return RunRules(command=f"python -m dualtoken_lite {name}", files=RUN_FILES, resumable=RESUMABLE,
                     load_config=saved_config_loader(config_class), total_steps=lambda cfg: cfg.loop.steps)
 

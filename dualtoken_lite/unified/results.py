@@ -1,16 +1,26 @@
-"""Collect the unified runs into the shipped models and the results table: `python -m dualtoken_lite unified_results`.
+"""Judge the unified runs and ship their models: ``python -m dualtoken_lite unified_results --runs runs/unified``.
 
-    OMP_NUM_THREADS=1 python -m dualtoken_lite unified_results --runs runs/unified --out data/unified
+    python -m dualtoken_lite unified_results --runs runs/unified --out data/unified     # every run, then ship seed 0
+    python -m dualtoken_lite unified_results --runs runs/unified --sweep 1,2,3,4         # choose the guidance
 
-Reads the runs that ``train_reader`` / ``train_generator`` wrote (runs/unified/reader-{variant}-s{seed},
-runs/unified/generator-{variant}-s{seed}), copies the seed-0 readers' and generators' float16 model folders to
-``--out`` (a few MB; the seed-1 models' figures are kept in the table), measures the ceiling (the teacher's
-accuracy and the Frechet distance on the tokenizer's own reconstructions of held-out images eval 1024..2047, from
-all pixel depths and from the depths the generators model, and on those originals, against the reference images
-eval 0..1023) and each generator's held-out loss (nats per code of eval images 1024..2047, teacher-forced), and
-writes ``--out/results.json``: per question accuracy of the three readers for each seed, generation accuracy,
-Frechet distance and held-out loss of the two generators, the ceiling, and the command and load average of every
-figure.
+``--runs`` holds one run folder per model (``{variant}-s{seed}``, each made by ``train_unified``). For each, on
+images and prompts no model trained on (unified/judge.py says how each figure is read):
+
+    generation    2 samples from each of the captions of eval images 0-511 (caption 0: it names every attribute
+                  it can), judged by the teacher and the classifier on the decoded pixels, per prompted attribute;
+                  Frechet distance of the teacher embeddings to eval images 1024-2047
+    combinations  32 samples of "a {colour} {shape}" for each held-out pair (token_cache.HELD_OUT_PAIRS), judged
+                  on shape and colour
+    understanding the answers to the four questions on eval images 0-511, exact match; the captions of the same
+                  images, per attribute named
+
+Beside them, once: the same judges on the tokenizer's full-depth reconstructions of eval images 0-511 (the
+ceiling), from its first pixel depth only, and on the originals (the teacher's own zero-shot accuracy); and on the
+reconstructions of the eval images 0-1023 that show a held-out pair (the combinations' ceiling).
+
+``--sweep`` instead samples the captions of eval images 512-767 (never the scored ones) at each guidance scale
+with every seed-0 model, and prints the teacher's shape and colour accuracy: the sampling settings are chosen there.
+``results.json`` records every figure, the sampling settings, the commands, wall times and the load average.
 """
 
 from __future__ import annotations
@@ -20,134 +30,202 @@ import json
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dualtoken_lite.model.dualtoken import DualToken
-from dualtoken_lite.settings import MissingFile
-from dualtoken_lite.tinyworld.paths import UNIFIED_DIR, UNIFIED_TOKENIZER_DIR
-from dualtoken_lite.unified.generator_training import heldout_loss
-from dualtoken_lite.unified.judge import Judge, held_out_images, reconstruction_ceiling
-from dualtoken_lite.unified.questions import QUESTION_NAMES
-from dualtoken_lite.unified.token_cache import load_or_encode
-from dualtoken_lite.unified.weights import load_model, read_config
+from dualtoken_lite.settings import UserError, atomic_write_text
+from dualtoken_lite.tinyworld.captions import CLASSIFIED, FIELDS, claim_code
+from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR, UNIFIED_DIR
+from dualtoken_lite.tinyworld.vocabulary import VOCABULARY
+from dualtoken_lite.unified.generate import generate_images
+from dualtoken_lite.unified.judge import Judge, answer_accuracy, caption_accuracy, held_out, reconstruct
+from dualtoken_lite.unified.sampling import SamplingConfig
+from dualtoken_lite.unified.sequences import caption_ids
+from dualtoken_lite.unified.token_cache import HELD_OUT_PAIRS, load_or_encode
+from dualtoken_lite.unified.weights import load_model
 
-READERS, GENERATORS, SEEDS = ("semantic", "pixel", "both"), ("pixel", "both"), (0, 1)
-
-
-def read_summary(run: Path) -> dict:
-    """A finished run's summary.json, or an error naming the command that makes it."""
-    path = run / "summary.json"
-    if not path.is_file():
-        raise MissingFile(f"{path} not found: train it first (see dualtoken_lite/unified/results.py's docstring)")
-    return json.loads(path.read_text())
+PROMPTED, REFERENCE, SWEEP = (0, 512), (1024, 1024), (512, 256)  # (start, count) of eval images
+SAMPLES_PER_PROMPT, SAMPLES_PER_PAIR = 2, 32
 
 
-def collect(runs: Path, out: Path, keep_readers: bool = False) -> dict:
-    """Reader and generator figures from the runs; the shipped model folders copied to ``out``.
-
-    ``keep_readers``: take the readers' figures from ``out/results.json`` and leave their shipped models as they are
-    (for a change that only retrains the generators; the readers do not depend on them)."""
-    table: dict = {"readers": {}, "generators": {}}
-    if keep_readers:
-        old = out / "results.json"
-        if not old.is_file():
-            raise MissingFile(f"--keep-readers needs {old} from an earlier run of this command")
-        kept = json.loads(old.read_text())
-        table["readers"], table["majority_baseline"] = kept["readers"], kept["majority_baseline"]
-    for variant in () if keep_readers else READERS:
-        rows = {f"seed{s}": read_summary(runs / f"reader-{variant}-s{s}") for s in SEEDS}
-        mean = {q: sum(r["accuracy"][q] for r in rows.values()) / len(rows) for q in QUESTION_NAMES}
-        table["readers"][variant] = {"mean": mean, **{k: {key: r[key] for key in (
-            "accuracy", "command", "train_minutes", "load_average_1_5_15", "parameters")} for k, r in rows.items()}}
-        table["majority_baseline"] = rows["seed0"]["majority_baseline"]
-        ship(runs / f"reader-{variant}-s0" / "model", out / f"reader-{variant}")
-    for variant in GENERATORS:
-        rows = {f"seed{s}": read_summary(runs / f"generator-{variant}-s{s}") for s in SEEDS}
-        mean = {key: sum(r["generation"][key] for r in rows.values()) / len(rows) for key in ("teacher_accuracy",
-                                                                                                "frechet")}
-        table["generators"][variant] = {"mean": mean, **{k: {key: r[key] for key in (
-            "generation", "command", "train_minutes", "threads", "load_average_1_5_15", "parameters",
-            "reference_images")} for k, r in rows.items()}}
-        ship(runs / f"generator-{variant}-s0" / "model", out / f"generator-{variant}")
-    return table
+def asked_codes(prompts: list[str]) -> np.ndarray:
+    """Prompts -> (B, F) the attribute codes each prompt asks for, -1 where it is silent."""
+    return np.stack([claim_code(p) for p in prompts])
 
 
-def add_heldout_loss(table: dict, runs: Path, tokenizer: DualToken, tokenizer_dir: str, cache_dir: str) -> None:
-    """Each generator run's held-out loss (nats per modelled code of eval images 1024..2047, teacher-forced;
-    generator_training.heldout_loss) into its row: the comparison of the two generators with no sampling noise."""
-    held_out = load_or_encode(tokenizer, tokenizer_dir, "eval", 1024, 1024, cache_dir)
-    for variant in GENERATORS:
-        for s in SEEDS:
-            model = load_model(runs / f"generator-{variant}-s{s}" / "model", kind="generator")
-            table["generators"][variant][f"seed{s}"]["heldout_loss"] = heldout_loss(model, held_out)
+def eval_prompts(start: int, count: int) -> list[str]:
+    """Caption 0 (every nameable attribute named) of eval images start .. start+count-1."""
+    from dualtoken_lite.tinyworld.captions import sample_captions
+    from dualtoken_lite.tinyworld.drawing import make_samples
+
+    return [sample_captions(m, 1)[0] for m in make_samples(start, count, "eval")[1]]
 
 
-def ship(model: Path, target: Path) -> None:
-    """Copy a run's float16 model folder into the shipped folder (replacing an older copy)."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(model, target)
+def pair_prompts() -> list[str]:
+    """SAMPLES_PER_PAIR prompts "a {colour} {shape}" for each held-out pair, pair after pair."""
+    return [f"a {CLASSIFIED['colour'][c]} {CLASSIFIED['shape'][s]}" for s, c in HELD_OUT_PAIRS
+            for _ in range(SAMPLES_PER_PAIR)]
 
 
-def measure_ceiling(tokenizer: DualToken, depths: tuple[int, ...] = (), reference_count: int = 1024) -> dict:
-    """The reconstruction ceiling (all pixel depths, and the first d for each d in ``depths``) and the real-vs-real
-    floor against held-out reference images (unified/judge.py)."""
+def judge_run(run: Path, judge: Judge, tokenizer, held, sampling: SamplingConfig, prompts: list[str]) -> dict:
+    """Every figure of one run's model (module docstring)."""
+    model = load_model(run / "model")
     start = time.time()
-    judge = Judge(held_out_images(0, reference_count)[0])
-    result = reconstruction_ceiling(judge, tokenizer, reference_count, reference_count, depths)
-    result["reference_images"] = f"eval 0..{reference_count - 1}"
-    result["seconds"] = round(time.time() - start, 1)
-    return result
+    wanted = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)]
+    _, images = generate_images(model, tokenizer, wanted, sampling)
+    generation = judge(images, asked_codes(wanted))
+    pairs = pair_prompts()
+    _, pair_images = generate_images(model, tokenizer, pairs, SamplingConfig(**{**asdict(sampling), "seed": 1}))
+    combinations = judge(pair_images, asked_codes(pairs), frechet=False)
+    sample_seconds = time.time() - start
+    captions, texts = caption_accuracy(model, held)
+    summary = json.loads((run / "summary.json").read_text())
+    return {"variant": summary["variant"], "seed": summary["seed"], "train_minutes": summary["train_minutes"],
+            "steps": summary["steps"], "parameters": summary["parameters"], "command": summary["command"],
+            "generation": generation, "combinations": combinations, "answers": answer_accuracy(model, held),
+            "captions": captions, "caption_examples": texts[:8], "judge_seconds": round(sample_seconds, 1)}
+
+
+def ceilings(judge: Judge, tokenizer) -> dict:
+    """The judges on reconstructions and originals of the scored eval images, and of the held-out pairs' images."""
+    from dualtoken_lite.unified.judge import reconstruction_ceiling
+    from dualtoken_lite.unified.token_cache import held_out_combination
+
+    images, codes = held_out(*PROMPTED)
+    out = reconstruction_ceiling(judge, tokenizer, images, codes, depths=(1,))
+    all_images, all_codes = held_out(0, 1024)
+    pick = held_out_combination(torch.from_numpy(all_codes)).numpy()
+    asked = np.full_like(all_codes[pick], -1)
+    for f in ("shape", "colour"):
+        asked[:, FIELDS.index(f)] = all_codes[pick][:, FIELDS.index(f)]
+    out["combinations_reconstructions"] = judge(reconstruct(tokenizer, all_images[pick]), asked, frechet=False)
+    return out
+
+
+def find_runs(runs: Path) -> list[Path]:
+    """The finished run folders under ``runs`` (a model/ and a summary.json each), sorted by name."""
+    found = sorted(p for p in runs.iterdir() if (p / "model").is_dir() and (p / "summary.json").is_file()) \
+        if runs.is_dir() else []
+    if not found:
+        raise UserError(f"no finished unified run found in {runs} (a folder with model/ and summary.json, made by "
+                        "`python -m dualtoken_lite train_unified --out RUNS/both-s0`)")
+    return found
+
+
+def sweep(runs: list[Path], judge: Judge, tokenizer, scales: list[float]) -> dict:
+    """Teacher shape / colour accuracy of seed-0 models' samples from the captions of eval 512-1023 per scale."""
+    prompts = eval_prompts(*SWEEP)
+    out = {}
+    for run in runs:
+        model = load_model(run / "model")
+        if json.loads((run / "summary.json").read_text())["seed"] != 0:
+            continue
+        for scale in scales:
+            _, images = generate_images(model, tokenizer, prompts, SamplingConfig(guidance=scale))
+            scores = judge(images, asked_codes(prompts))
+            out[f"{run.name} guidance {scale}"] = {k: scores["teacher"][k] for k in ("shape", "colour")} | {
+                "frechet": scores["frechet"]}
+            print(run.name, scale, json.dumps(out[f"{run.name} guidance {scale}"]), flush=True)
+    return out
+
+
+def ship(runs: list[Path], out: Path) -> list[str]:
+    """Copy each variant's seed-0 model into ``out/{variant}`` (replacing what was there)."""
+    shipped = []
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        if summary["seed"] == 0:
+            target = out / summary["variant"]
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(run / "model", target)
+            shipped.append(str(target))
+    return shipped
+
+
+def percent(values: list[float]) -> str:
+    """Seed figures (fractions) -> "84.2 / 85.0" (percent, seed order)."""
+    return " / ".join(f"{100 * v:.1f}" for v in values)
+
+
+def format_table(table: dict) -> str:
+    """results.json -> the markdown tables of docs/unified_model.md and README (seeds side by side)."""
+    by_variant: dict[str, list[dict]] = {}
+    for name in sorted(table["runs"]):
+        run = table["runs"][name]
+        by_variant.setdefault(run["variant"], []).append(run)
+    c = table["ceilings"]
+    lines = ["| text -> image (seeds) | teacher: shape | teacher: colour | classifier: shape | classifier: colour "
+             "| Frechet | held-out pairs, teacher: shape / colour |", "|---|---|---|---|---|---|---|"]
+    for v, runs in by_variant.items():
+        g = [r["generation"] for r in runs]
+        pairs = [r["combinations"]["teacher"] for r in runs]
+        lines.append(f"| {v} | {percent([x['teacher']['shape'] for x in g])} | "
+                     f"{percent([x['teacher']['colour'] for x in g])} | "
+                     f"{percent([x['classifier']['shape'] for x in g])} | "
+                     f"{percent([x['classifier']['colour'] for x in g])} | "
+                     + " / ".join(f"{x['frechet']:.2f}" for x in g) + " | "
+                     + " ; ".join(f"{100 * p['shape']:.1f} / {100 * p['colour']:.1f}" for p in pairs) + " |")
+    for key, label in (("reconstructions", "ceiling: full-depth reconstructions"),
+                       ("reconstructions_depth1", "first pixel depth only"), ("originals", "the images themselves")):
+        r = c[key]
+        lines.append(f"| {label} | {100 * r['teacher']['shape']:.1f} | {100 * r['teacher']['colour']:.1f} | "
+                     f"{100 * r['classifier']['shape']:.1f} | {100 * r['classifier']['colour']:.1f} | "
+                     f"{r['frechet']:.2f} | "
+                     + (f"{100 * c['combinations_reconstructions']['teacher']['shape']:.1f} / "
+                        f"{100 * c['combinations_reconstructions']['teacher']['colour']:.1f}"
+                        if key == "reconstructions" else "") + " |")
+    lines += ["", "| image -> text (seeds): exact answers | shape | colour | fill | background |", "|---|---|---|---|---|"]
+    for v, runs in by_variant.items():
+        lines.append(f"| {v} | " + " | ".join(percent([r["answers"][q] for r in runs])
+                                             for q in ("shape", "colour", "fill", "background")) + " |")
+    o = c["originals"]["teacher"]
+    lines.append("| the teacher's zero-shot on the images | " + " | ".join(
+        f"{100 * o[q]:.1f}" for q in ("shape", "colour", "fill", "background")) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dualtoken_lite unified_results", description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", default="runs/unified", help="folder of the reader-*/generator-* runs")
-    parser.add_argument("--out", default=str(UNIFIED_DIR), help="where the shipped models and results.json go")
-    parser.add_argument("--tokenizer", default=str(UNIFIED_TOKENIZER_DIR), help="the tokenizer the runs used")
-    parser.add_argument("--cache_dir", default="runs/unified/cache", help="the trainers' token caches")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--keep-readers", action="store_true", help="keep the readers' figures and models already in "
-                        "--out (only the generators were retrained)")
+    parser.add_argument("--runs", default="runs/unified", help="the folder of run folders")
+    parser.add_argument("--out", default=str(UNIFIED_DIR), help="where the seed-0 models and results.json go")
+    parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR))
+    parser.add_argument("--cache-dir", default="runs/unified/cache")
+    parser.add_argument("--sweep", default=None, help="comma-separated guidance scales to compare (no shipping)")
+    parser.add_argument("--guidance", type=float, default=SamplingConfig().guidance)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--table", action="store_true", help="print the tables of OUT/results.json and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        print(format_table(json.loads((Path(args.out) / "results.json").read_text())))
+        return 0
+    runs = find_runs(Path(args.runs))
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    tokenizer = DualToken.from_pretrained(args.tokenizer).eval()
+    judge = Judge(held_out(*REFERENCE)[0])
+    if args.sweep:
+        sweep(runs, judge, tokenizer, [float(s) for s in args.sweep.split(",")])
+        return 0
+    held = load_or_encode(tokenizer, args.tokenizer, "eval", *PROMPTED, args.cache_dir)
+    sampling = SamplingConfig(guidance=args.guidance)
+    prompts = eval_prompts(*PROMPTED)
+    assert all(caption_ids(torch.tensor(VOCABULARY.encode(p))) for p in prompts)
+    table = {"sampling": asdict(sampling), "ceilings": ceilings(judge, tokenizer), "runs": {}}
+    for run in runs:
+        print(f"judging {run.name}", flush=True)
+        table["runs"][run.name] = judge_run(run, judge, tokenizer, held, sampling, prompts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = collect(Path(args.runs), out, args.keep_readers)
-    tokenizer = DualToken.from_pretrained(args.tokenizer).eval()  # loaded once for both measurements
-    add_heldout_loss(table, Path(args.runs), tokenizer, args.tokenizer, args.cache_dir)
-    depths = sorted({read_config(out / f"generator-{v}")["config"]["pixel_depths"] for v in GENERATORS})
-    table["ceiling"] = measure_ceiling(tokenizer, tuple(depths))
-    table["ceiling"]["command"] = "python -m dualtoken_lite unified_results " + " ".join(argv or [])
-    table["ceiling"]["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
-    (out / "results.json").write_text(json.dumps(table, indent=2) + "\n")
-    print(format_table(table))
-    print(f"wrote {out / 'results.json'} and the shipped models under {out}")
+    table["shipped"] = ship(runs, out)
+    table["command"] = "python -m dualtoken_lite unified_results " + " ".join(argv or [])
+    table["threads"] = args.threads
+    table["load_average_before"] = [round(v, 2) for v in load_before]
+    table["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    atomic_write_text(out / "results.json", json.dumps(table, indent=2) + "\n")
+    print(f"wrote {out / 'results.json'}")
     return 0
-
-
-def format_table(table: dict) -> str:
-    """The results as two markdown tables (understanding; generation with the ceiling)."""
-    lines = ["| reader | " + " | ".join(QUESTION_NAMES) + " |", "|---" * (len(QUESTION_NAMES) + 1) + "|"]
-    for variant, row in table["readers"].items():
-        cells = [" / ".join(f"{100 * row[f'seed{s}']['accuracy'][q]:.1f}" for s in SEEDS) for q in QUESTION_NAMES]
-        lines.append(f"| {variant} (seed 0 / 1) | " + " | ".join(cells) + " |")
-    base = table["majority_baseline"]
-    lines.append("| majority answer | " + " | ".join(f"{100 * base[q]:.1f}" for q in QUESTION_NAMES) + " |")
-    lines += ["", "| images | teacher accuracy (%) | Frechet distance | held-out nats per pixel code |",
-              "|---|---|---|---|"]
-    for variant, row in table["generators"].items():
-        runs = [row[f"seed{s}"]["generation"] for s in SEEDS]
-        nats = " / ".join(f"{row[f'seed{s}']['heldout_loss']['loss_pixel']:.3f}" for s in SEEDS
-                          ) if "heldout_loss" in row["seed0"] else ""
-        lines.append(f"| generator {variant} (seed 0 / 1, {runs[0]['count']} samples each) | "
-                     + " / ".join(f"{100 * g['teacher_accuracy']:.1f}" for g in runs) + " | "
-                     + " / ".join(f"{g['frechet']:.2f}" for g in runs) + f" | {nats} |")
-    for name in [k for k in table["ceiling"] if k.startswith("reconstructions")] + ["originals"]:
-        c = table["ceiling"][name]
-        label = {"reconstructions": "tokenizer reconstructions, all 8 pixel depths", "originals": "the held-out "
-                 "originals themselves"}.get(name, f"tokenizer reconstructions, first {name[-1]} pixel depth(s)")
-        lines.append(f"| {label} ({c['count']} images) | {100 * c['teacher_accuracy']:.1f} | {c['frechet']:.2f} | |")
-    return "\n".join(lines)

@@ -1,13 +1,14 @@
 """Unified models on disk: one folder with ``config.json`` and ``model.safetensors``, loaded strictly.
 
-    data/unified/reader-both/
-        config.json          {"format": "dualtoken_lite.unified", "format_version": 1, "kind": "reader",
-                              "config": <ReaderConfig>, "layout": <TokenLayout>, "tokenizer": <fingerprint>}
+    data/unified/both/
+        config.json          {"format": "dualtoken_lite.unified", "format_version": 2, "kind": "unified",
+                              "config": <UnifiedConfig>, "layout": <TokenLayout>, "tokenizer": <fingerprint>}
         model.safetensors    every tensor; the shipped folders store float16 (half the bytes), loaded as float32
 
-``load_model(folder)`` rebuilds a Reader or an ARGenerator from the config, then loads the tensors strictly with the
+``load_model(folder)`` rebuilds the UnifiedModel from the config, then loads the tensors strictly with the
 tokenizer's own checks (model/pretrained.py): a missing, unexpected or mis-shaped tensor is an error naming it.
-Safetensors holds tensors only: loading never runs code from the file.
+Safetensors holds tensors only: loading never runs code from the file. A folder of the separate readers and
+class-conditional generators that the unified model replaced (format_version 1) is refused, naming what to use.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import torch
 from dualtoken_lite.model.pretrained import CheckpointError, check_state_dict, match_dtypes, read_weights
 from dualtoken_lite.model.token_layout import TokenLayout
 from dualtoken_lite.settings import ConfigError, from_dict, missing_fields
-from dualtoken_lite.unified.ar_generator import ARGenerator, GeneratorConfig
-from dualtoken_lite.unified.reader import Reader, ReaderConfig
+from dualtoken_lite.unified.model import UnifiedConfig, UnifiedModel
 
-FORMAT, FORMAT_VERSION = "dualtoken_lite.unified", 1
-KINDS = {"reader": (Reader, ReaderConfig), "generator": (ARGenerator, GeneratorConfig)}
+FORMAT, FORMAT_VERSION = "dualtoken_lite.unified", 2
+KINDS = {"unified": (UnifiedModel, UnifiedConfig)}
+RETIRED_KINDS = ("reader", "generator")  # format_version 1: one model per task, no text
 
 
 def save_model(model, folder: str | Path, half: bool = False, tokenizer: str | None = None) -> Path:
-    """Write a Reader / ARGenerator as ``config.json`` + ``model.safetensors`` (float16 tensors with ``half``)."""
+    """Write a UnifiedModel as ``config.json`` + ``model.safetensors`` (float16 tensors with ``half``)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -54,8 +55,13 @@ def read_config(folder: str | Path) -> dict:
         config = json.loads(path.read_text())
     except ValueError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+    if config.get("format") == FORMAT and config.get("kind") in RETIRED_KINDS:
+        raise CheckpointError(f"{folder} holds a unified {config['kind']} of an earlier version (one model per task, "
+                              "prompted by a class id, no text); it was replaced by one model that reads and writes "
+                              "text and images: use data/unified/both, or train one with `python -m dualtoken_lite "
+                              "train_unified`")
     if config.get("format") != FORMAT or config.get("kind") not in KINDS:
-        raise CheckpointError(f"{path} is not a unified reader or generator (format={config.get('format')!r}, "
+        raise CheckpointError(f"{path} is not a unified model (format={config.get('format')!r}, "
                               f"kind={config.get('kind')!r}); a tokenizer folder goes to the other commands")
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format_version {config['format_version']}, newer than this code's "

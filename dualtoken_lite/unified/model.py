@@ -1,0 +1,210 @@
+"""The unified model: ONE decoder-only transformer that reads and writes caption words and DualToken images.
+
+Two transformers, as in RQ-Transformer (Lee et al. 2022) and VILA-U's depth transformer (the DualToken paper,
+section 3.3, fuses a position's codes the same way):
+
+    main (causal over the sequence, unified/sequences.py)       depth (causal over the S codes of ONE position)
+      in  words: word embedding + its slot's position            in  [h_n, e(c_{n,1}), .., e(c_{n,S-1})] + slot pos
+          image position n: sum of its code embeddings + grid       e = the same per-code embeddings as x_n's
+            (+ the prompt's bag of words, condition_inputs)
+      out word slots -> logits over the vocabulary (next word)   out -> its branch's head -> logits over K codes
+          <boi>, x_0 .. x_{N-2} -> h_n: context of position n
+
+    p(image | prompt) = prod_n prod_s p(c_{n,s} | prompt, stacks before n, c_{n,<s})
+    p(answer | image, marker) = prod_j p(w_j | image, marker, w_<j)
+
+Each position's stack is every code the tokenizer gives it, in model/token_layout.py's order: pixel depths 1..8,
+then (variant "both") semantic depths 1..4. Variant "pixel" reads and writes the pixel codes alone; "both" also
+the semantic codes, which enter every later position's sum. Only pixel codes are decoded to pixels.
+
+A training step holds both tasks: a text -> image batch (the prompt dropped to the empty one with probability
+``prompt_dropout``, which allows classifier-free guidance when sampling) and an image -> text batch (a caption, or
+a question about one attribute and its answer). The loss is the image's mean cross-entropy per code plus the
+answer's mean cross-entropy per word. Sampling (both directions, with key/value caches): unified/sampling.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dualtoken_lite.model.token_layout import TokenLayout
+from dualtoken_lite.settings import ConfigError, require_at_least, require_fraction
+from dualtoken_lite.tinyworld.vocabulary import SPECIALS, VOCABULARY
+from dualtoken_lite.unified.blocks import Transformer
+from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_sizes, variant_slots
+from dualtoken_lite.unified.sequences import ANSWER_LENGTH, BOI, IGNORE, PROMPT_LENGTH, TEXT_VOCABULARY
+
+VARIANTS = ("pixel", "both")
+
+
+@dataclass
+class UnifiedConfig:
+    """The unified model's size and which codes it reads and writes."""
+
+    variant: str = "both"  # the codes of each image position: "pixel" (all pixel depths) or "both" (+ all semantic)
+    width: int = 128  # C, width of both transformers
+    layers: int = 4  # blocks of the main transformer
+    depth_layers: int = 1  # blocks of the depth transformer
+    heads: int = 4  # attention heads (width must be a multiple)
+    code_dim: int = 32  # width of each slot's code table (the tokenizer's code dim, to start from its codebooks)
+    prompt_dropout: float = 0.1  # P(prompt -> the empty prompt) in text -> image training (classifier-free guidance)
+    depth_positions: int = 8  # image positions per image whose stacks train the depth transformer each step: a
+    #                            random subset (subsample_positions) or all 64 (the exact loss)
+    dropout: float = 0.0  # dropout in attention and MLP while training
+
+    def validate(self) -> UnifiedConfig:
+        """Raise ConfigError naming a bad field; return self."""
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"model.variant={self.variant!r}: choose one of {VARIANTS}")
+        require_at_least(self, ("width", "layers", "depth_layers", "heads", "code_dim", "depth_positions"), 1,
+                         where="model.")
+        if self.width % self.heads:
+            raise ConfigError(f"model.width={self.width} must be a multiple of model.heads={self.heads}")
+        require_fraction(self, ("prompt_dropout", "dropout"), where="model.")
+        return self
+
+
+def subsample_positions(h: Tensor, codes: Tensor, keep: int, rng: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """The depth transformer's training positions: the same random ``keep`` of the N positions of each image.
+
+    h (B, N, C), codes (B, N, S) -> (B, keep, C), (B, keep, S). The depth transformer runs S steps per position, so
+    it costs S times the main one per image token; training it on an eighth of the positions (an unbiased estimate
+    of the full loss) buys several times as many images per second. Every position still trains the main transformer
+    through the positions after it.
+    """
+    B, N = codes.shape[:2]
+    if keep >= N:
+        return h, codes
+    pick = torch.rand(B, N, generator=rng).argsort(1)[:, :keep]  # (B, keep) distinct positions per image
+    return (h.gather(1, pick[..., None].expand(-1, -1, h.shape[-1])),
+            codes.gather(1, pick[..., None].expand(-1, -1, codes.shape[-1])))
+
+
+def prompt_words(prompt: Tensor) -> Tensor:
+    """Prompt ids (B, P) -> (B, P) bool: the slots holding caption words (not <pad>, <start>, <end> or a marker)."""
+    return (prompt >= len(SPECIALS)) & (prompt < len(VOCABULARY))
+
+
+def condition_inputs(x: Tensor, summary: Tensor) -> Tensor:
+    """Add the prompt's summary to every image input: x (B, n, C) + s (B, C) -> (B, n, C).
+
+    With the caption reachable only through attention, a small model trained for minutes learns the images'
+    unconditional statistics first (background, paint, blobs) and draws whatever shape and colour it likes; its
+    samples ignored the prompt (teacher accuracy at chance after 1,600 steps). Adding a summary of the prompt to
+    every image position (as DiT's and MaskGIT's class conditioning reaches every token) puts the caption in each
+    position's residual stream from the first step. The summary is a bag of words: the mean of the caption words'
+    condition embeddings, zero for the empty prompt (so the unconditional model of guidance gets nothing added, and
+    an image read for understanding, which has no prompt, is embedded as in training).
+    """
+    return x + summary[:, None]
+
+
+class UnifiedModel(nn.Module):
+    """Words and image code stacks in one causal sequence (module docstring)."""
+
+    kind = "unified"
+
+    def __init__(self, cfg: UnifiedConfig, layout: TokenLayout):
+        super().__init__()
+        self.cfg, self.layout = cfg.validate(), layout
+        C, N = cfg.width, layout.grid**2
+        self.slots = variant_slots(layout, cfg.variant)  # pixel depths, then (both) semantic depths
+        self.num_pixel = layout.pixel_depth
+        self.sizes = [slot_sizes(layout)[s] for s in self.slots]  # K of each slot
+        self.word_embed = nn.Embedding(len(TEXT_VOCABULARY), C)
+        self.condition_embed = nn.Embedding(len(TEXT_VOCABULARY), C)  # a caption word's share of the prompt summary
+        self.image_embed = CodeStackEmbedding(layout, self.slots, C, cfg.code_dim)
+        self.grid_pos = nn.Parameter(torch.randn(N, C) * 0.02)  # (N, C) image position n
+        self.prompt_pos = nn.Parameter(torch.randn(PROMPT_LENGTH, C) * 0.02)  # (P, C) prompt slot j
+        self.answer_pos = nn.Parameter(torch.randn(ANSWER_LENGTH, C) * 0.02)  # (A, C) answer slot j
+        self.main = Transformer(C, cfg.layers, cfg.heads, cfg.dropout)
+        self.word_head = nn.Linear(C, len(TEXT_VOCABULARY))
+        self.depth_pos = nn.Parameter(torch.randn(len(self.slots), C) * 0.02)  # (S, C)
+        self.depth = Transformer(C, cfg.depth_layers, cfg.heads, cfg.dropout)
+        self.pixel_head = nn.Linear(C, layout.pixel_codebook_size)
+        self.semantic_head = nn.Linear(C, layout.semantic_codebook_size) if cfg.variant == "both" else None
+        nn.init.normal_(self.word_embed.weight, std=0.02)
+        nn.init.normal_(self.condition_embed.weight, std=0.02)
+
+    # ------------------------------------------------------------------------------------- inputs
+    def embed_image(self, stacks: Tensor, first: int = 0) -> Tensor:
+        """Stacks (B, n, S_all) of positions first .. first+n-1 -> inputs (B, n, C): code sum + grid position."""
+        return self.image_embed(stacks) + self.grid_pos[first : first + stacks.shape[1]]
+
+    def prompt_summary(self, prompt: Tensor) -> Tensor:
+        """Prompt ids (B, P) -> (B, C): the mean condition embedding of its words (zeros for the empty prompt)."""
+        words = prompt_words(prompt).unsqueeze(-1).float()  # (B, P, 1)
+        return (self.condition_embed(prompt) * words).sum(1) / words.sum(1).clamp(min=1)
+
+    def embed_prompt(self, prompt: Tensor) -> Tensor:
+        """Prompt ids (B, P) -> inputs (B, P, C)."""
+        return self.word_embed(prompt) + self.prompt_pos
+
+    def embed_answer(self, ids: Tensor, first: int = 0) -> Tensor:
+        """Answer-block ids (B, a) at slots first .. first+a-1 -> inputs (B, a, C)."""
+        return self.word_embed(ids) + self.answer_pos[first : first + ids.shape[1]]
+
+    def boi(self, batch: int) -> Tensor:
+        """(B, 1, C) the <boi> token's input."""
+        return self.word_embed.weight[BOI].expand(batch, 1, -1)
+
+    # ------------------------------------------------------------------------------------- stages
+    def image_contexts(self, prompt: Tensor, stacks: Tensor) -> Tensor:
+        """Text -> image: prompt (B, P), stacks (B, N, S_all) -> h (B, N, C), h_n the context that predicts stack n
+        (the outputs at <boi>, x_0 .. x_{N-2})."""
+        image = condition_inputs(self.embed_image(stacks[:, :-1]), self.prompt_summary(prompt))  # (B, N - 1, C)
+        x = torch.cat([self.embed_prompt(prompt), self.boi(len(prompt)), image], 1)
+        return self.main(x)[:, PROMPT_LENGTH:]  # (B, N, C)
+
+    def answer_logits(self, stacks: Tensor, answer: Tensor) -> Tensor:
+        """Image -> text: stacks (B, N, S_all), answer-block inputs (B, A) -> next-word logits (B, A, V)."""
+        x = torch.cat([self.boi(len(stacks)), self.embed_image(stacks), self.embed_answer(answer)], 1)
+        return self.word_head(self.main(x)[:, 1 + stacks.shape[1]:])
+
+    def forward_depth(self, h: Tensor, codes: Tensor) -> Tensor:
+        """Contexts h (M, C), the first j codes of each stack (M, j) -> outputs for slots 0..j (M, j + 1, C)."""
+        M, j = codes.shape
+        e = self.image_embed.per_slot(codes[:, None])[:, 0] if j else h.new_zeros(M, 0, h.shape[1])  # (M, j, C)
+        x = torch.cat([h[:, None], e], 1)  # (M, j + 1, C)
+        return self.depth(x + self.depth_pos[: x.shape[1]])
+
+    def slot_logits(self, out: Tensor, first_slot: int = 0) -> list[Tensor]:
+        """Depth outputs (M, s, C) for slots first_slot.. -> per slot logits over its own codebook, (M, K_s) each."""
+        return [(self.pixel_head if first_slot + j < self.num_pixel else self.semantic_head)(out[:, j])
+                for j in range(out.shape[1])]
+
+    # ------------------------------------------------------------------------------------- losses
+    def image_loss(self, prompt: Tensor, stacks: Tensor, rng: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        """Mean next-code cross-entropy over every code of (a subset of) positions; prompt (B, P), stacks (B, N, S_all).
+        Returns the loss and its pixel / semantic parts."""
+        h = self.image_contexts(prompt, stacks)  # (B, N, C)
+        codes = self.image_embed.local_codes(stacks)  # (B, N, S) codes within each slot's codebook
+        if self.training:
+            h, codes = subsample_positions(h, codes, self.cfg.depth_positions, rng)
+        out = self.forward_depth(h.flatten(0, 1), codes.flatten(0, 1)[:, :-1])  # (B n, S, C)
+        flat = codes.flatten(0, 1)  # (B n, S)
+        parts = {"pixel": F.cross_entropy(self.pixel_head(out[:, : self.num_pixel]).flatten(0, 1),
+                                          flat[:, : self.num_pixel].flatten())}
+        if self.semantic_head is not None:
+            parts["semantic"] = F.cross_entropy(self.semantic_head(out[:, self.num_pixel :]).flatten(0, 1),
+                                                flat[:, self.num_pixel :].flatten())
+        counts = {"pixel": self.num_pixel, "semantic": len(self.slots) - self.num_pixel}
+        loss = sum(counts[k] * v for k, v in parts.items()) / len(self.slots)  # mean over all codes
+        return loss, parts
+
+    def text_loss(self, stacks: Tensor, answer: Tensor, targets: Tensor) -> Tensor:
+        """Mean next-word cross-entropy over the scored answer slots; targets (B, A) with IGNORE elsewhere."""
+        logits = self.answer_logits(stacks, answer)  # (B, A, V)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+
+    def loss(self, batch: dict, rng: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        """One training step's loss on both tasks (``batch``: unified/trainer.make_batch)."""
+        image, parts = self.image_loss(batch["prompt"], batch["image_stacks"], rng)
+        text = self.text_loss(batch["text_stacks"], batch["answer"], batch["targets"])
+        loss = image + text
+        return loss, {"loss": loss.detach(), "loss_image": image.detach(), "loss_text": text.detach(),
+                      **{f"loss_{k}": v.detach() for k, v in parts.items()}}
