@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablation": ("dualtoken_lite.tools.ablation", "the paper's one-vs-two codebook ablation at small scale"),
     "tinyworld": ("dualtoken_lite.tinyworld.shards", "write the tiny world's shards (made on first use anyway)"),
     "teacher": ("dualtoken_lite.tools.teacher", "train the tiny world's teacher into a folder"),
+    "classifier": ("dualtoken_lite.tools.classifier", "train the tiny world's attribute classifier (a second judge)"),
     "train_unified": ("dualtoken_lite.unified.trainer", "train the unified model: text -> image and image -> text"),
     "generate": ("dualtoken_lite.unified.generate", "draw images from a text prompt with a trained unified model"),
     "caption": ("dualtoken_lite.unified.caption", "caption image files, or answer a question about them"),
