@@ -50,6 +50,7 @@ from dualtoken_lite.tinyworld.classifier import (
 )
 from dualtoken_lite.tinyworld.drawing import to_tensor
 from dualtoken_lite.training.optim import build_schedule, decay_groups
+from dualtoken_lite.training.run_folder import NonFiniteError
 
 
 @dataclass
@@ -125,7 +126,7 @@ def train_classifier(cfg: ClassifierConfig, images: np.ndarray, labels: dict[str
         loss = sum(w * F.cross_entropy(logits[a], targets[a][idx], label_smoothing=cfg.label_smoothing)
                    for a, w in zip(ATTRIBUTES, cfg.loss_weights))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step + 1}; lower --lr (now {cfg.lr})")
+            raise NonFiniteError(f"non-finite loss at step {step + 1} (--lr {cfg.lr})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
