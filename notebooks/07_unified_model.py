@@ -281,8 +281,8 @@ print("ceiling (full-depth reconstructions): teacher shape", round(ceiling["teac
 # answers shape, colour and background better than the model that reads pixel codes alone, beyond the seed spread
 # (the largest gap: shape, about 91 % against 65-74 %; the semantic codes carry the shape, which 8 pixel depths
 # at this budget do not make easy to read); fill is within the spread (neither model, nor the teacher, reads the
-# paint's texture). Against the teacher's own zero-shot reading of the same images, the dual model is within a
-# point on colour and background and at the teacher's level on fill, and 5 points below it on shape.
+# paint's texture). Against the teacher's own zero-shot reading of the same images, the shipped dual model (seed 0)
+# is within a point on colour and background, at the teacher's level on fill, and 5 points below it on shape.
 #
 # *Generation: not learned at this budget, so the paper's generation claim cannot be tested here.* Both variants
 # draw light shapes on darker grounds, but which shape and which colour has nothing to do with the caption: the

@@ -160,7 +160,7 @@ def format_table(table: dict) -> str:
         by_variant.setdefault(run["variant"], []).append(run)
     c = table["ceilings"]
     lines = ["| text -> image (seeds) | teacher: shape | teacher: colour | classifier: shape | classifier: colour "
-             "| Frechet | held-out pairs, teacher: shape / colour |", "|---|---|---|---|---|---|---|"]
+             "| Frechet | held-out pairs, teacher: shape / colour (seed 0 ; seed 1) |", "|---|---|---|---|---|---|---|"]
     for v, runs in by_variant.items():
         g = [r["generation"] for r in runs]
         pairs = [r["combinations"]["teacher"] for r in runs]
