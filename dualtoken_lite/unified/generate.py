@@ -35,8 +35,8 @@ from dualtoken_lite.unified.token_cache import fingerprint
 
 
 def check_prompt(prompt: str) -> str:
-    """A prompt the model can read, or a UserError: unknown words name the vocabulary; a bare class name (the
-    retired class-conditional generators' prompt) names the caption that replaces it."""
+    """A prompt the model can read, or a UserError: unknown words name the vocabulary; a bare class name ("star", a
+    class-conditional generator's prompt) names the caption to write instead."""
     if prompt.strip().lower() in CLASSIFIED["shape"]:
         raise UserError(f"the prompt {prompt!r} is a class name; the unified model takes a caption: write "
                         f"'a {prompt.strip().lower()}' (or e.g. 'a small red {prompt.strip().lower()} on a photo')")

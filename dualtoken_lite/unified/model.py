@@ -93,8 +93,8 @@ def condition_inputs(x: Tensor, summary: Tensor) -> Tensor:
     """Add the prompt's summary to every image input: x (B, n, C) + s (B, C) -> (B, n, C).
 
     With the caption reachable only through attention, a small model trained for minutes learns the images'
-    unconditional statistics first (background, paint, blobs) and draws whatever shape and colour it likes; its
-    samples ignored the prompt (teacher accuracy at chance after 1,600 steps). Adding a summary of the prompt to
+    unconditional statistics first (background, paint, blobs) and draws whatever shape and colour it likes
+    (docs/unified_model.md measures it). Adding a summary of the prompt to
     every image position (as DiT's and MaskGIT's class conditioning reaches every token) puts the caption in each
     position's residual stream from the first step. The summary is a bag of words: the mean of the caption words'
     condition embeddings, zero for the empty prompt (so the unconditional model of guidance gets nothing added, and
