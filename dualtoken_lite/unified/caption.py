@@ -23,16 +23,13 @@ from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR
 from dualtoken_lite.unified.generate import load_for_commands
 from dualtoken_lite.unified.sampling import write_answers
 from dualtoken_lite.unified.sequences import CAPTION, QUESTION_IDS, QUESTIONS, TEXT_VOCABULARY
-from dualtoken_lite.unified.token_cache import layout_of
+from dualtoken_lite.unified.token_cache import encode_images, layout_of
 
 
 @torch.no_grad()
 def read_images(model, tokenizer, images: torch.Tensor, question: str | None = None) -> list[str]:
     """Images (B, 3, h, w) in [-1, 1] -> the model's caption of each (or its answer to ``question``)."""
-    from dualtoken_lite.model.token_layout import to_lm_sequence
-
-    pixel, semantic = tokenizer.encode(images)  # (B, H, W, D_pix), (B, H, W, D_sem)
-    stacks = to_lm_sequence(pixel, semantic, layout_of(tokenizer)).reshape(len(images), model.layout.grid**2, -1)
+    stacks = encode_images(tokenizer, images, layout_of(tokenizer))  # (B, N, S_all), as the token cache encodes
     marker = QUESTION_IDS[question] if question else CAPTION
     return [TEXT_VOCABULARY.decode(a) for a in write_answers(model, stacks, torch.full((len(images),), marker))]
 

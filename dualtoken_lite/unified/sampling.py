@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from dualtoken_lite.settings import ConfigError
-from dualtoken_lite.tinyworld.vocabulary import END, PAD, START
+from dualtoken_lite.tinyworld.vocabulary import END, PAD
 from dualtoken_lite.unified.model import condition_inputs
-from dualtoken_lite.unified.sequences import ANSWER_LENGTH, PROMPT_LENGTH
+from dualtoken_lite.unified.sequences import ANSWER_LENGTH, prompt_block
 
 
 @dataclass
@@ -67,13 +67,6 @@ def guide(conditional: Tensor, unconditional: Tensor, scale: float) -> Tensor:
     return unconditional + scale * (conditional - unconditional)
 
 
-def empty_prompts(batch: int) -> Tensor:
-    """(B, P) the empty prompt [<pad> .. <start> <end>] the model was trained with in place of dropped prompts."""
-    out = torch.full((batch, PROMPT_LENGTH), PAD, dtype=torch.long)
-    out[:, -2], out[:, -1] = START, END
-    return out
-
-
 @torch.no_grad()
 def draw_position(model, h: Tensor, sampling: SamplingConfig, guided: bool, rng) -> Tensor:
     """One position's stack: contexts h (M, C) (the unconditional half last when ``guided``) -> codes (B, S) within
@@ -100,7 +93,7 @@ def draw_stacks(model, prompt: Tensor, sampling: SamplingConfig, rng: torch.Gene
     model.eval()
     B, N = prompt.shape[0], model.layout.grid**2
     guided = sampling.guidance != 1.0
-    prompts = torch.cat([prompt, empty_prompts(B)]) if guided else prompt  # (M, P)
+    prompts = torch.cat([prompt, prompt_block([[]] * B)]) if guided else prompt  # (M, P): + the empty prompts
     cache = model.main.new_cache()
     summary = model.prompt_summary(prompts)  # (M, C) added to every image input (model.condition_inputs)
     x = torch.cat([model.embed_prompt(prompts), model.boi(len(prompts))], 1)  # (M, P + 1, C)

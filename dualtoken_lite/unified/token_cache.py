@@ -111,12 +111,14 @@ def caption_table(metas: list[dict]) -> Tensor:
 
 
 @torch.no_grad()
-def encode_images(tokenizer, images: np.ndarray, layout: TokenLayout, batch_size: int = 256) -> Tensor:
-    """uint8 images (M, h, w, 3) -> code stacks (M, N, S) layout ids."""
+def encode_images(tokenizer, images, layout: TokenLayout, batch_size: int = 256) -> Tensor:
+    """Images, uint8 (M, h, w, 3) or float (M, 3, h, w) in [-1, 1] -> code stacks (M, N, S) layout ids."""
     tokenizer.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        pixel, semantic = tokenizer.encode(to_tensor(images[i : i + batch_size]))  # (b, H, W, D_pix), (.., D_sem)
+        chunk = images[i : i + batch_size]
+        x = chunk if torch.is_tensor(chunk) else to_tensor(chunk)  # (b, 3, h, w) in [-1, 1]
+        pixel, semantic = tokenizer.encode(x)  # (b, H, W, D_pix), (b, H, W, D_sem)
         out.append(to_lm_sequence(pixel, semantic, layout).reshape(pixel.shape[0], layout.grid**2, -1))
     return torch.cat(out)
 
