@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.model.pretrained import CheckpointError
 from dualtoken_lite.model.token_layout import from_lm_sequence
-from dualtoken_lite.settings import UserError, run_cli
+from dualtoken_lite.settings import ConfigError, UserError, run_cli
 from dualtoken_lite.tinyworld.captions import FIELDS, attribute_values, image_code, sample_captions
 from dualtoken_lite.tinyworld.drawing import make_sample
 from dualtoken_lite.tinyworld.drawing import to_tensor as images_to_tensor
@@ -198,6 +198,31 @@ def test_cached_paths_equal_the_full_forward_pass(train_set, variant):
 
 
 @pytest.mark.parametrize("variant", ["pixel", "both"])
+def test_the_image_loss_scores_the_first_depth_everywhere_and_is_the_mean_over_codes(train_set, variant):
+    from dualtoken_lite.unified.judge import slot_losses
+
+    model = tiny_model(train_set.layout, variant)
+    model.cfg.first_depth_share = None  # the plain mean over codes
+    batch = some_batch(train_set, training_rows(train_set)[:3])
+    prompt, stacks = batch["prompt"], batch["image_stacks"]
+    with torch.no_grad():
+        h = model.image_contexts(prompt, stacks).flatten(0, 1)  # (B N, C)
+        codes = model.image_embed.local_codes(stacks).flatten(0, 1)
+        slot0 = model.slot_logits(model.forward_depth(h, codes[:, :-1]))[0]  # the full stack's first output
+        assert torch.allclose(model.first_depth_logits(h), slot0, atol=1e-5)
+        per_slot = slot_losses(model, prompt, stacks)  # (S,) every position, the model in eval mode
+        loss, parts = model.image_loss(prompt, stacks)
+        assert torch.allclose(loss, per_slot.mean(), atol=1e-5)
+        assert torch.allclose(parts["first"], per_slot[0], atol=1e-5)
+        model.cfg.first_depth_share = 0.5
+        half, _ = model.image_loss(prompt, stacks)
+        assert torch.allclose(half, 0.5 * per_slot[0] + 0.5 * per_slot[1:].mean(), atol=1e-5)
+    model.train()
+    _, trained = model.image_loss(prompt, stacks, torch.Generator().manual_seed(0))  # deeper codes on 4 positions
+    assert torch.allclose(trained["first"], per_slot[0], atol=1e-5)  # the first depth still on all 64
+
+
+@pytest.mark.parametrize("variant", ["pixel", "both"])
 @pytest.mark.parametrize("top_k, guidance", [(None, 1.0), (3, 2.0)])
 def test_sampling_is_deterministic_and_emits_only_valid_ids(train_set, variant, top_k, guidance):
     model = tiny_model(train_set.layout, variant)
@@ -228,6 +253,13 @@ def test_text_to_image_to_text_round_trip_on_a_few_step_model(tokenizer, cache, 
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     answers = caption.read_images(model, tokenizer, images_to_tensor(images), question="colour")
     assert all(w in TEXT_VOCABULARY.ids for a in answers for w in a.split())
+
+
+def test_first_depth_share_must_be_a_fraction():
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="first_depth_share"):
+            UnifiedConfig(first_depth_share=bad).validate()
+    assert UnifiedConfig(first_depth_share=None).validate().first_depth_share is None
 
 
 def test_answers_stop_at_end_and_never_emit_pads(train_set):
