@@ -253,6 +253,14 @@ def test_text_to_image_to_text_round_trip_on_a_few_step_model(tokenizer, cache, 
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     answers = caption.read_images(model, tokenizer, images_to_tensor(images), question="colour")
     assert all(w in TEXT_VOCABULARY.ids for a in answers for w in a.split())
+    from dualtoken_lite.unified import results
+    from dualtoken_lite.unified.judge import prompt_information
+
+    held = load_or_encode(tokenizer, TOKENIZER_DIR, "eval", 0, 8, cache, progress=False)
+    points = results.curve([tmp_path / "run"], held)  # one point per kept checkpoint: here the last, step 3
+    assert list(points) == ["run step_00000003"]
+    info = prompt_information(load_model(tmp_path / "run" / "checkpoints" / "step_00000003"), held)
+    assert points["run step_00000003"]["gain"] == round(info["gain"][0], 4)
 
 
 def test_first_depth_share_must_be_a_fraction():

@@ -56,8 +56,8 @@ class UnifiedConfig:
     depth_positions: int = 8  # image positions per image whose deeper codes train the depth transformer each
     #                            step: a random subset (subsample_positions) or all 64 (the exact loss); the first
     #                            pixel depth trains at every position (first_depth_logits)
-    first_depth_share: float | None = None  # the first pixel depth's share of the image loss (None: 1/S, its share
-    #                                          of the codes, i.e. the plain mean over codes)
+    first_depth_share: float | None = 0.5  # the first pixel depth's share of the image loss (None: 1/S, its share
+    #                                         of the codes, i.e. the plain mean over codes)
     dropout: float = 0.0  # dropout in attention and MLP while training
 
     def validate(self) -> UnifiedConfig:
@@ -106,6 +106,11 @@ def condition_inputs(x: Tensor, summary: Tensor) -> Tensor:
     position's residual stream from the first step. The summary is a bag of words: the mean of the caption words'
     condition embeddings, zero for the empty prompt (so the unconditional model of guidance gets nothing added, and
     an image read for understanding, which has no prompt, is embedded as in training).
+
+    Its size matters: the code sum it is added to starts at a norm of about 3.5 (pixel codes) to 10 (pixel +
+    semantic), the codebooks' own scale. The condition table therefore starts at std 1 (a summary of ~8 words:
+    norm ~4), not at the 0.02 of the word table, whose summary was still 0.2 after 1,600 steps and left the
+    caption drowned out (docs/unified_model.md measures both).
     """
     return x + summary[:, None]
 
@@ -135,7 +140,7 @@ class UnifiedModel(nn.Module):
         self.pixel_head = nn.Linear(C, layout.pixel_codebook_size)
         self.semantic_head = nn.Linear(C, layout.semantic_codebook_size) if cfg.variant == "both" else None
         nn.init.normal_(self.word_embed.weight, std=0.02)
-        nn.init.normal_(self.condition_embed.weight, std=0.02)
+        nn.init.normal_(self.condition_embed.weight, std=1.0)  # the summary's size: condition_inputs
 
     # ------------------------------------------------------------------------------------- inputs
     def embed_image(self, stacks: Tensor, first: int = 0) -> Tensor:

@@ -2,6 +2,7 @@
 
     python -m dualtoken_lite unified_results --runs runs/unified --out data/unified     # every run, then ship seed 0
     python -m dualtoken_lite unified_results --runs runs/unified --sweep 1,2,3,4         # choose the guidance
+    python -m dualtoken_lite unified_results --runs runs/unified --curve                 # text conditioning per checkpoint
 
 ``--runs`` holds one run folder per model (``{variant}-s{seed}``, each made by ``train_unified``). For each, on
 images and prompts no model trained on (unified/judge.py says how each figure is read):
@@ -20,6 +21,8 @@ reconstructions of the eval images 0-1023 that show a held-out pair (the combina
 
 ``--sweep`` instead samples the captions of eval images 512-767 (never the scored ones) at each guidance scale
 with every seed-0 model, and prints the teacher's shape and colour accuracy: the sampling settings are chosen there.
+``--curve`` prints, for each checkpoint a run kept, how much the caption tells its model about the first pixel
+depth (unified/judge.prompt_information on eval images 0-255): the training curve of text conditioning.
 ``results.json`` records every figure, the sampling settings, the commands, wall times and the load average.
 """
 
@@ -131,6 +134,22 @@ def sweep(runs: list[Path], judge: Judge, tokenizer, scales: list[float]) -> dic
     return out
 
 
+def curve(runs: list[Path], held) -> dict:
+    """Per run, per kept checkpoint: the caption's teacher-forced information about the first pixel depth (nats per
+    code, empty prompt minus caption) and the nats per code with the caption, on eval images 0-255."""
+    from dualtoken_lite.training.checkpoints import list_checkpoints
+    from dualtoken_lite.unified.judge import prompt_information
+
+    out = {}
+    for run in runs:
+        for folder in list_checkpoints(run / "checkpoints"):
+            info = prompt_information(load_model(folder), held, 256)
+            out[f"{run.name} {folder.name}"] = point = {"gain": round(info["gain"][0], 4),
+                                                        "with_caption": round(info["with_caption"][0], 3)}
+            print(run.name, folder.name, json.dumps(point), flush=True)
+    return out
+
+
 def ship(runs: list[Path], out: Path) -> list[str]:
     """Copy each variant's seed-0 model into ``out/{variant}`` (replacing what was there)."""
     shipped = []
@@ -194,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR))
     parser.add_argument("--cache-dir", default="runs/unified/cache")
     parser.add_argument("--sweep", default=None, help="comma-separated guidance scales to compare (no shipping)")
+    parser.add_argument("--curve", action="store_true", help="the caption's information at each kept checkpoint")
     parser.add_argument("--guidance", type=float, default=SamplingConfig().guidance)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="print the tables of OUT/results.json and stop")
@@ -205,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     tokenizer = DualToken.from_pretrained(args.tokenizer).eval()
+    if args.curve:
+        curve(runs, load_or_encode(tokenizer, args.tokenizer, "eval", *PROMPTED, args.cache_dir))
+        return 0
     judge = Judge(held_out(*REFERENCE)[0])
     if args.sweep:
         sweep(runs, judge, tokenizer, [float(s) for s in args.sweep.split(",")])

@@ -30,11 +30,11 @@ from dualtoken_lite.unified.sequences import ANSWER_LENGTH, prompt_block
 
 @dataclass
 class SamplingConfig:
-    """How image codes are drawn (the defaults: chosen on the captions of eval images 512-1023, docs/unified_model.md)."""
+    """How image codes are drawn (the defaults: chosen on the captions of eval images 512-767, docs/unified_model.md)."""
 
     temperature: float = 1.0  # logits / temperature before the softmax (0 = always the most likely code)
     top_k: int | None = None  # keep only the k most likely codes of each slot (None = all)
-    guidance: float = 1.0  # classifier-free guidance scale (1 = the plain conditional model)
+    guidance: float = 4.0  # classifier-free guidance scale (1 = the plain conditional model)
     seed: int = 0  # seeds the sampler's generator: the same seed gives the same images
     batch_size: int = 128  # images sampled together
 

@@ -71,8 +71,8 @@ class UnifiedTrainConfig:
     resume: str | None = None  # "auto" (continue --out if it has a checkpoint) or a run folder
     overwrite: bool = False  # replace the run already in --out
     model: UnifiedConfig = field(default_factory=UnifiedConfig)  # the model's size and variant
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1600, batch_size=32, lr=1e-3, threads=1,
-                                                                warmup_steps=100, save_every=400))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3200, batch_size=32, lr=1e-3, threads=1,
+                                                                bf16=True, warmup_steps=100, save_every=800))
 
     def validate(self) -> UnifiedTrainConfig:
         """Raise ConfigError naming a bad field; return self."""
