@@ -177,7 +177,7 @@ def format_table(table: dict) -> str:
         by_variant.setdefault(run["variant"], []).append(run)
     c = table["ceilings"]
     lines = ["| text -> image (seeds) | teacher: shape | teacher: colour | classifier: shape | classifier: colour "
-             "| Frechet | held-out pairs, teacher: shape / colour (seed 0 ; seed 1) |", "|---|---|---|---|---|---|---|"]
+             "| Frechet | held-out pairs, teacher: shape / colour (seeds, ; between) |", "|---|---|---|---|---|---|---|"]
     for v, runs in by_variant.items():
         g = [r["generation"] for r in runs]
         pairs = [r["combinations"]["teacher"] for r in runs]
