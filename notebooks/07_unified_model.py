@@ -289,8 +289,10 @@ print("ceiling (full-depth reconstructions): teacher shape", round(ceiling["teac
 # and 12.5 %; ceiling 92-96 %), so the captions steer the samples, far from the ceiling. The model that reads and
 # writes pixel codes alone does better, beyond the seed spread, on both judges' colour and shape and on the
 # Frechet distance (55-61 % colour, 30-33 % shape; Frechet 20-23 against 25-32); on the held-out pairs the seeds'
-# ranges overlap. The paper reports the opposite (semantic tokens keep structure). One possible reason, not tested
-# here: the dual model writes four more codes per position with the same small depth transformer and budget.
+# ranges overlap. The paper reports the opposite (semantic tokens keep structure). A likely reason: the dual model
+# writes four more codes per position with the same one-block depth transformer. In a one-seed pilot with two depth
+# blocks the dual model's samples showed the prompted colour more often than the pixel model's
+# (`docs/unified_model.md`); three seeds at that size were not run, so the shipped comparison stands as measured.
 
 # %%
 def spread(v: str, get) -> tuple[float, float]:
