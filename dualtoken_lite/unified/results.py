@@ -43,8 +43,16 @@ from dualtoken_lite.model.dualtoken import DualToken
 from dualtoken_lite.settings import UserError, atomic_write_text
 from dualtoken_lite.tinyworld.captions import CLASSIFIED, FIELDS, claim_code
 from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR, UNIFIED_DIR
+from dualtoken_lite.training.checkpoints import list_checkpoints
 from dualtoken_lite.unified.generate import generate_images
-from dualtoken_lite.unified.judge import Judge, answer_accuracy, caption_accuracy, held_out, reconstruct
+from dualtoken_lite.unified.judge import (
+    Judge,
+    answer_accuracy,
+    caption_accuracy,
+    held_out,
+    prompt_information,
+    reconstruct,
+)
 from dualtoken_lite.unified.sampling import SamplingConfig
 from dualtoken_lite.unified.token_cache import HELD_OUT_PAIRS, load_or_encode
 from dualtoken_lite.unified.weights import load_model
@@ -122,9 +130,9 @@ def sweep(runs: list[Path], judge: Judge, tokenizer, scales: list[float]) -> dic
     prompts = eval_prompts(*SWEEP)
     out = {}
     for run in runs:
-        model = load_model(run / "model")
         if json.loads((run / "summary.json").read_text())["seed"] != 0:
             continue
+        model = load_model(run / "model")
         for scale in scales:
             _, images = generate_images(model, tokenizer, prompts, SamplingConfig(guidance=scale))
             scores = judge(images, asked_codes(prompts))
@@ -137,9 +145,6 @@ def sweep(runs: list[Path], judge: Judge, tokenizer, scales: list[float]) -> dic
 def curve(runs: list[Path], held) -> dict:
     """Per run, per kept checkpoint: the caption's teacher-forced information about the first pixel depth (nats per
     code, empty prompt minus caption) and the nats per code with the caption, on eval images 0-255."""
-    from dualtoken_lite.training.checkpoints import list_checkpoints
-    from dualtoken_lite.unified.judge import prompt_information
-
     out = {}
     for run in runs:
         for folder in list_checkpoints(run / "checkpoints"):
