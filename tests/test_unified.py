@@ -379,3 +379,27 @@ def test_the_trainer_keeps_the_run_folder_promises_and_resumes_bit_exactly(cache
     assert code == 4 and (f"stopped by SIGTERM after step 1: checkpoint {stop / 'checkpoints' / 'step_00000001'}; "
                           f"continue the run with: python -m dualtoken_lite train_unified --out {stop} --resume auto"
                           ) in err
+
+
+def test_the_sweep_varies_only_the_guidance_and_keeps_temperature_and_top_k(tmp_path, monkeypatch):
+    from dualtoken_lite.unified import results
+
+    for name, seed in (("both-s0", 0), ("both-s1", 1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"seed": seed}))
+    used = []
+
+    def fake_generate(model, tokenizer, prompts, sampling):
+        used.append((model, sampling))
+        return None, np.zeros((len(prompts), 64, 64, 3), np.uint8)
+
+    def fake_judge(images, asked):
+        return {"teacher": {"shape": 0.5, "colour": 0.25}, "frechet": 3.0}
+
+    monkeypatch.setattr(results, "load_model", lambda folder: folder.parent.name)
+    monkeypatch.setattr(results, "generate_images", fake_generate)
+    out = results.sweep([tmp_path / "both-s0", tmp_path / "both-s1"], fake_judge, None, [1.0, 4.0],
+                        SamplingConfig(temperature=0.7, top_k=5, guidance=2.0))
+    assert [m for m, _ in used] == ["both-s0", "both-s0"]  # seed-0 runs only
+    assert [(s.guidance, s.temperature, s.top_k) for _, s in used] == [(1.0, 0.7, 5), (4.0, 0.7, 5)]
+    assert out["both-s0 guidance 4.0 temperature 0.7 top_k 5"] == {"shape": 0.5, "colour": 0.25, "frechet": 3.0}

@@ -20,7 +20,8 @@ ceiling), from its first pixel depth only, and on the originals (the teacher's o
 reconstructions of the eval images 0-1023 that show a held-out pair (the combinations' ceiling).
 
 ``--sweep`` instead samples the captions of eval images 512-767 (never the scored ones) at each guidance scale
-with every seed-0 model, and prints the teacher's shape and colour accuracy: the sampling settings are chosen there.
+(at ``--temperature`` and ``--top-k``) with every seed-0 model, and prints the teacher's shape and colour accuracy
+and the Frechet distance: the sampling settings are chosen there.
 ``--curve`` prints, for each checkpoint a run kept, how much the caption tells its model about the first pixel
 depth (unified/judge.prompt_information on eval images 0-255): the training curve of text conditioning.
 ``results.json`` records every figure, the sampling settings, the commands, wall times and the load average.
@@ -33,7 +34,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,7 @@ def judge_run(run: Path, judge: Judge, tokenizer, held, sampling: SamplingConfig
     _, images = generate_images(model, tokenizer, wanted, sampling)
     generation = judge(images, asked_codes(wanted))
     pairs = pair_prompts()
-    _, pair_images = generate_images(model, tokenizer, pairs, SamplingConfig(**{**asdict(sampling), "seed": 1}))
+    _, pair_images = generate_images(model, tokenizer, pairs, replace(sampling, seed=1))
     combinations = judge(pair_images, asked_codes(pairs), frechet=False)
     sample_seconds = time.time() - start
     captions, texts = caption_accuracy(model, held)
@@ -125,8 +126,9 @@ def find_runs(runs: Path) -> list[Path]:
     return found
 
 
-def sweep(runs: list[Path], judge: Judge, tokenizer, scales: list[float]) -> dict:
-    """Teacher shape / colour accuracy of seed-0 models' samples from the captions of eval 512-1023 per scale."""
+def sweep(runs: list[Path], judge: Judge, tokenizer, scales: list[float], sampling: SamplingConfig) -> dict:
+    """Teacher shape / colour accuracy and Frechet distance of seed-0 models' samples from the captions of eval
+    512-767, per guidance scale (``sampling``'s temperature and top-k kept)."""
     prompts = eval_prompts(*SWEEP)
     out = {}
     for run in runs:
@@ -134,11 +136,12 @@ def sweep(runs: list[Path], judge: Judge, tokenizer, scales: list[float]) -> dic
             continue
         model = load_model(run / "model")
         for scale in scales:
-            _, images = generate_images(model, tokenizer, prompts, SamplingConfig(guidance=scale))
+            setting = replace(sampling, guidance=scale)
+            _, images = generate_images(model, tokenizer, prompts, setting)
             scores = judge(images, asked_codes(prompts))
-            out[f"{run.name} guidance {scale}"] = {k: scores["teacher"][k] for k in ("shape", "colour")} | {
-                "frechet": scores["frechet"]}
-            print(run.name, scale, json.dumps(out[f"{run.name} guidance {scale}"]), flush=True)
+            label = f"{run.name} guidance {scale} temperature {setting.temperature} top_k {setting.top_k}"
+            out[label] = {k: scores["teacher"][k] for k in ("shape", "colour")} | {"frechet": scores["frechet"]}
+            print(label, json.dumps(out[label]), flush=True)
     return out
 
 
@@ -220,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", default=None, help="comma-separated guidance scales to compare (no shipping)")
     parser.add_argument("--curve", action="store_true", help="the caption's information at each kept checkpoint")
     parser.add_argument("--guidance", type=float, default=SamplingConfig().guidance)
+    parser.add_argument("--temperature", type=float, default=SamplingConfig().temperature)
+    parser.add_argument("--top-k", type=int, default=SamplingConfig().top_k, help="keep the k likeliest codes per slot")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="print the tables of OUT/results.json and stop")
     args = parser.parse_args(argv)
@@ -234,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         curve(runs, load_or_encode(tokenizer, args.tokenizer, "eval", *PROMPTED, args.cache_dir))
         return 0
     judge = Judge(held_out(*REFERENCE)[0])
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, guidance=args.guidance)
     if args.sweep:
-        sweep(runs, judge, tokenizer, [float(s) for s in args.sweep.split(",")])
+        sweep(runs, judge, tokenizer, [float(s) for s in args.sweep.split(",")], sampling)
         return 0
     held = load_or_encode(tokenizer, args.tokenizer, "eval", *PROMPTED, args.cache_dir)
-    sampling = SamplingConfig(guidance=args.guidance)
     prompts = eval_prompts(*PROMPTED)
     table = {"sampling": asdict(sampling), "ceilings": ceilings(judge, tokenizer), "runs": {}}
     for run in runs:
