@@ -279,20 +279,19 @@ print("ceiling (full-depth reconstructions): teacher shape", round(ceiling["teac
 #
 # *Understanding: dual tokens help, as the paper says.* On every seed, the model that reads pixel + semantic codes
 # answers shape, colour and background better than the model that reads pixel codes alone, beyond the seed spread
-# (the largest gap: background, about 89-90 % against 72-78 %; shape 93-95 % against 88-91 %); fill is within the
+# (the largest gap: background, about 89-91 % against 73-76 %; shape 92-94 % against 85-92 %); fill is within the
 # spread (neither model, nor the teacher, reads the paint's texture). Against the teacher's own zero-shot reading
-# of the same images, the dual model is within 3 points on colour, at the teacher's level on fill, above it on
-# background, and 1.2-3.1 points below it on shape.
+# of the same images, the dual model is within 2 points on colour, at the teacher's level on fill, above it on
+# background, and 2.1-3.5 points below it on shape.
 #
-# *Generation: the model follows the caption in part, and here the paper's claim does not hold.* With guidance 4
-# the teacher reads the prompted colour in 38-42 % of the dual model's samples and shape in 27-30 % (chance: 14.3
-# and 12.5 %; ceiling 92-96 %), so the captions steer the samples, far from the ceiling. The model that reads and
-# writes pixel codes alone does better, beyond the seed spread, on both judges' colour and shape and on the
-# Frechet distance (55-61 % colour, 30-33 % shape; Frechet 20-23 against 25-32); on the held-out pairs the seeds'
-# ranges overlap. The paper reports the opposite (semantic tokens keep structure). A likely reason: the dual model
-# writes four more codes per position with the same one-block depth transformer. In a one-seed pilot with two depth
-# blocks the dual model's samples showed the prompted colour more often than the pixel model's
-# (`docs/unified_model.md`); three seeds at that size were not run, so the shipped comparison stands as measured.
+# *Generation: the model follows the caption in part; on it the two variants are within the seed spread.* With
+# guidance 4 the teacher reads the prompted colour in 48-65 % of the dual model's samples and shape in 29-32 %
+# (chance: 14.3 and 12.5 %; ceiling 92-96 %), so the captions steer the samples, far from the ceiling. The pixel
+# model's seeds overlap the dual model's on every generation figure (both judges, the Frechet distance, the
+# held-out pairs), so at this scale the paper's generation claim (semantic tokens keep structure) is neither
+# reproduced nor contradicted: any difference is smaller than three seeds' spread. With a one-block depth
+# transformer the pixel model generated better beyond the spread (`docs/unified_model.md`, the fourth round): the
+# dual model writes twelve codes per position to the pixel model's eight, and the second block closed that gap.
 
 # %%
 def spread(v: str, get) -> tuple[float, float]:
@@ -304,17 +303,16 @@ for q in ("shape", "colour", "background"):
         "pixel", lambda r, q=q: r["answers"][q])[1], f"the prose says: both codes answer {q} better"
 assert not beyond_spread(lambda r: r["answers"]["fill"])
 teacher_reads = RESULTS["ceilings"]["originals"]["teacher"]
-assert all(teacher_reads["colour"] - r["answers"]["colour"] <= 0.03 for r in variants["both"])
+assert all(teacher_reads["colour"] - r["answers"]["colour"] <= 0.021 for r in variants["both"])
 assert all(r["answers"]["background"] > teacher_reads["background"] for r in variants["both"])
-assert all(0.011 <= teacher_reads["shape"] - r["answers"]["shape"] <= 0.032 for r in variants["both"])
+assert all(0.02 <= teacher_reads["shape"] - r["answers"]["shape"] <= 0.036 for r in variants["both"])
 for judge in ("teacher", "classifier"):
     for a in ("shape", "colour"):
         get = lambda r, j=judge, a=a: r["generation"][j][a]  # noqa: E731
-        assert beyond_spread(get) and spread("pixel", get)[0] > spread("both", get)[1], f"pixel writes {a} better"
-assert beyond_spread(lambda r: r["generation"]["frechet"])
-assert spread("pixel", lambda r: r["generation"]["frechet"])[1] < spread("both", lambda r: r["generation"]["frechet"])[0]
+        assert not beyond_spread(get), f"the prose says: the variants' {judge} {a} ranges overlap"
 for a in ("shape", "colour"):
     assert not beyond_spread(lambda r, a=a: r["combinations"]["teacher"][a]), "the prose says: the pairs overlap"
+assert not beyond_spread(lambda r: r["generation"]["frechet"])
 both_gen = {a: spread("both", lambda r, a=a: r["generation"]["teacher"][a]) for a in ("shape", "colour")}
-assert 0.26 <= both_gen["shape"][0] and both_gen["shape"][1] <= 0.30 and 0.38 <= both_gen["colour"][0] <= both_gen["colour"][1] <= 0.42
+assert 0.28 <= both_gen["shape"][0] and both_gen["shape"][1] <= 0.33 and 0.48 <= both_gen["colour"][0] <= both_gen["colour"][1] <= 0.65
 figures.save()  # under DUALTOKEN_LITE_WRITE_FIGURES=1: record this run's figures

@@ -49,7 +49,7 @@ class UnifiedConfig:
     variant: str = "both"  # the codes of each image position: "pixel" (all pixel depths) or "both" (+ all semantic)
     width: int = 128  # C, width of both transformers
     layers: int = 4  # blocks of the main transformer
-    depth_layers: int = 1  # blocks of the depth transformer
+    depth_layers: int = 2  # blocks of the depth transformer (one block: the dual model drew colour worse, docs)
     heads: int = 4  # attention heads (width must be a multiple)
     code_dim: int = 32  # width of each slot's code table (the tokenizer's code dim, to start from its codebooks)
     prompt_dropout: float = 0.1  # P(prompt -> the empty prompt) in text -> image training (classifier-free guidance)
