@@ -5,7 +5,8 @@ convolutions run through oneDNN, which uses AVX-512 on any x86 CPU that has it. 
 convolution, so the same product can be asked of oneDNN: the M rows of x (..., C) are laid out as 16 channels_last
 images of M / 16 x 1 pixels, (16, C, M / 16, 1), a view without a copy (16 images: PyTorch hands one-thread 1 x 1
 convolutions to oneDNN from a batch of 16). On the project's AMD EPYC CPU this doubles the rate of every
-tower and projection matmul, forward and backward (benchmarks/step_speed.py). The products are the same; they are
+tower and projection matmul, forward and backward (benchmarks/step_speed.py); on an Intel Xeon, where MKL's
+sgemm runs AVX-512 itself, it gains nothing at fp32 (README, Benchmarks). The products are the same; they are
 summed in another order, so results agree up to float rounding (tests/test_speed_levers.py).
 
 Only fp32 outside autocast takes this path: under bf16 autocast PyTorch's matmul already runs on oneDNN, and there

@@ -64,8 +64,9 @@ class TrainConfig:
     compile_decoder: bool = False  # torch.compile the post-quant block and the decoder (inductor); off: its
     #                                 compile takes minutes on a 2-core CPU and pays back only in long runs
     onednn_linear: bool = True  # fp32 Linear layers on the CPU as 1x1 convolutions (model/onednn_linear.py): oneDNN
-    #                             uses AVX-512 where MKL's sgemm takes AVX2 (AMD), 2x on this machine's matmuls;
-    #                             the same products summed in another order; no effect under bf16 autocast
+    #                             uses AVX-512 where MKL's sgemm takes AVX2 (AMD): 2x on an AMD EPYC's matmuls,
+    #                             nothing on Intel (MKL runs AVX-512 there); the same products summed in another
+    #                             order; no effect under bf16 autocast
     keep_freed_memory: bool = True  # CPU, glibc: malloc keeps freed activations for the next step instead of handing
     #                                  them back to the OS (training/allocator.py); no page faults, same results
     log_every: int = 20  # steps between metrics.jsonl lines (and the progress-bar postfix)
