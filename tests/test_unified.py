@@ -29,7 +29,8 @@ from dualtoken_lite.unified import caption, generate, trainer
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_offsets, slot_sizes
 from dualtoken_lite.unified.fit import LoopConfig
 from dualtoken_lite.unified.model import UnifiedConfig, UnifiedModel, condition_inputs
-from dualtoken_lite.unified.sampling import SamplingConfig, draw_stacks, write_answers
+from dualtoken_lite.unified.rotary import TEXT_CELL, cell_angles, rotate, token_cells, turns
+from dualtoken_lite.unified.sampling import SamplingConfig, draw_stacks, full_stack, write_answers
 from dualtoken_lite.unified.sequences import (
     ANSWER_IDS,
     CAPTION,
@@ -80,9 +81,9 @@ def train_set(cache, tokenizer):
     return load_or_encode(tokenizer, TOKENIZER_DIR, "train", 0, 48, cache, progress=False)
 
 
-def tiny_model(layout, variant="both", seed=0) -> UnifiedModel:
+def tiny_model(layout, variant="both", seed=0, rotary=False) -> UnifiedModel:
     torch.manual_seed(seed)
-    return UnifiedModel(UnifiedConfig(variant=variant, **TINY), layout).eval()
+    return UnifiedModel(UnifiedConfig(variant=variant, rotary=rotary, **TINY), layout).eval()
 
 
 def some_batch(data, rows, seed=0):
@@ -174,27 +175,68 @@ def test_code_embeddings_sum_to_the_quantized_vector(tokenizer, train_set):
 
 
 # ------------------------------------------------------------------------------------------------ model and sampling
-@pytest.mark.parametrize("variant", ["pixel", "both"])
-def test_cached_paths_equal_the_full_forward_pass(train_set, variant):
-    model = tiny_model(train_set.layout, variant)
+@pytest.mark.parametrize("variant, rotary", [("pixel", False), ("both", False), ("both", True)])
+def test_cached_paths_equal_the_full_forward_pass(train_set, variant, rotary):
+    model = tiny_model(train_set.layout, variant, rotary=rotary)
     rows = training_rows(train_set)[:3]
     batch = some_batch(train_set, rows)
     with torch.no_grad():
         full = model.image_contexts(batch["prompt"], batch["image_stacks"])  # (B, N, C)
         cache = model.main.new_cache()
-        steps = [model.main.step(torch.cat([model.embed_prompt(batch["prompt"]), model.boi(3)], 1), cache)[:, -1]]
+        x = torch.cat([model.embed_prompt(batch["prompt"]), model.boi(3)], 1)
+        steps = [model.main.step(x, cache, model.turns(token_cells(PROMPT_LENGTH, 0)))[:, -1]]
         summary = model.prompt_summary(batch["prompt"])
         for n in range(63):
             x = condition_inputs(model.embed_image(batch["image_stacks"][:, n : n + 1], n), summary)
-            steps.append(model.main.step(x, cache)[:, -1])
+            steps.append(model.main.step(x, cache, model.turns(token_cells(0, 1, first=n, boi=False)))[:, -1])
         assert torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
         logits = model.answer_logits(batch["text_stacks"], batch["answer"])  # (B, A, V)
         cache = model.main.new_cache()
         x = torch.cat([model.boi(3), model.embed_image(batch["text_stacks"]), model.embed_answer(batch["answer"][:, :1])], 1)
-        got = [model.word_head(model.main.step(x, cache)[:, -1])]
+        got = [model.word_head(model.main.step(x, cache, model.turns(token_cells(0, 64, words_after=1))))[:, -1]]
         for j in range(1, 5):
-            got.append(model.word_head(model.main.step(model.embed_answer(batch["answer"][:, j : j + 1], j), cache)[:, -1]))
+            x = model.embed_answer(batch["answer"][:, j : j + 1], j)
+            got.append(model.word_head(model.main.step(x, cache, model.turns(token_cells(1, 0, boi=False))))[:, -1])
         assert torch.allclose(torch.stack(got, 1), logits[:, :5], atol=1e-5)
+
+
+@pytest.mark.parametrize("variant, rotary", [("pixel", True), ("both", False), ("both", True)])
+def test_greedy_samples_are_the_full_forward_passs_most_likely_codes_and_words(train_set, variant, rotary):
+    """The sampler's own cached code (draw_stacks, write_answers) against the training forward pass: at temperature
+    0 every drawn code is the argmax of the full pass's logits over the drawn image, every word of the answer's."""
+    model = tiny_model(train_set.layout, variant, seed=3, rotary=rotary)
+    prompt = prompt_block(["a red star", "a small blue disc on a photo"])
+    stacks = draw_stacks(model, prompt, SamplingConfig(temperature=0, guidance=1.0))  # (2, N, S)
+    full = full_stack(model, stacks)  # (2, N, S_all) the tokenizer's layout, as the training batches hold it
+    with torch.no_grad():
+        h = model.image_contexts(prompt, full).flatten(0, 1)  # (2 N, C)
+        codes = model.image_embed.local_codes(full).flatten(0, 1)  # (2 N, S)
+        logits = model.slot_logits(model.forward_depth(h, codes[:, :-1]))  # S x (2 N, K_s)
+        assert torch.equal(torch.stack([lg.argmax(-1) for lg in logits], 1), codes)
+        words = write_answers(model, full, torch.full((2,), CAPTION))
+        for row, ids in enumerate(words):
+            answer = torch.tensor([[CAPTION, *ids]])
+            steps = model.answer_logits(full[row : row + 1], answer)[0].argmax(-1)  # (len + 1,)
+            assert steps[: len(ids)].tolist() == ids
+
+
+def test_the_rotary_score_depends_on_the_offset_between_cells_only():
+    head = 8
+    q, k = torch.randn(head), torch.randn(head)
+    cos, sin = turns(cell_angles(torch.tensor([0, 9, 27, 36, 63, TEXT_CELL]), 8, head))  # cells (0,0) (1,1) (3,3)
+    #                                                                                    (4,4) (7,7), text (-1,-1)
+
+    def score(i, j):
+        return (rotate(q, cos[i], sin[i]) * rotate(k, cos[j], sin[j])).sum()
+
+    assert torch.allclose(score(1, 0), score(3, 2), atol=1e-5)  # one step down-right, wherever it is taken
+    assert torch.allclose(score(0, 5), score(1, 0), atol=1e-5)  # text sits one step before cell (0, 0)
+    assert not torch.allclose(score(2, 0), score(1, 0), atol=1e-3)
+    zero = turns(torch.zeros(1, head // 2))
+    assert torch.equal(rotate(q, *zero), q[None])  # angle 0 leaves a vector as it is
+    assert torch.allclose(rotate(q, cos[4], sin[4]).norm(), q.norm())  # a rotation keeps the length
+    with pytest.raises(ValueError, match="divisible by 4"):
+        cell_angles(torch.tensor([0]), 8, 6)
 
 
 @pytest.mark.parametrize("variant", ["pixel", "both"])

@@ -8,6 +8,7 @@ decoder-only transformer does text -> image and image -> text in the same run:
                 sequences.py     the vocabulary (words + markers) and the two sequence layouts
     model       embedding.py     a grid position's code stack -> ONE vector: the sum of its code embeddings
                 blocks.py        the causal transformer block (with a key/value cache for sampling)
+                rotary.py        the 2-D rotary position embedding: attention that reads grid offsets
                 model.py         the main transformer over words and image positions + the depth transformer
                 weights.py       model folders: config.json + model.safetensors, strict loading
     training    fit.py           the loop on training/'s run folder (checkpoints, resume, NaN stop)

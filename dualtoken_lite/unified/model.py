@@ -7,6 +7,7 @@ section 3.3, fuses a position's codes the same way):
       in  words: word embedding + its slot's position            in  [h_n, e(c_{n,1}), .., e(c_{n,S-1})] + slot pos
           image position n: sum of its code embeddings + grid       e = the same per-code embeddings as x_n's
             (+ the prompt's bag of words, condition_inputs)
+          (with ``rotary``: queries and keys turned by grid cell, unified/rotary.py)
       out word slots -> logits over the vocabulary (next word)   out -> its branch's head -> logits over K codes
           <boi>, x_0 .. x_{N-2} -> h_n: context of position n
 
@@ -35,8 +36,9 @@ from torch import Tensor, nn
 from dualtoken_lite.model.token_layout import TokenLayout
 from dualtoken_lite.settings import ConfigError, require_at_least, require_fraction
 from dualtoken_lite.tinyworld.vocabulary import SPECIALS, VOCABULARY
-from dualtoken_lite.unified.blocks import Transformer
+from dualtoken_lite.unified.blocks import Transformer, Turns
 from dualtoken_lite.unified.embedding import CodeStackEmbedding, slot_sizes, variant_slots
+from dualtoken_lite.unified.rotary import TEXT_CELL, cell_angles, token_cells, turns
 from dualtoken_lite.unified.sequences import ANSWER_LENGTH, BOI, IGNORE, PROMPT_LENGTH, TEXT_VOCABULARY
 
 VARIANTS = ("pixel", "both")
@@ -59,6 +61,7 @@ class UnifiedConfig:
     first_depth_share: float | None = 0.5  # the first pixel depth's share of the image loss (None: 1/S, its share
     #                                         of the codes, i.e. the plain mean over codes)
     dropout: float = 0.0  # dropout in attention and MLP while training
+    rotary: bool = False  # a 2-D rotary embedding in the main transformer's attention (unified/rotary.py)
 
     def validate(self) -> UnifiedConfig:
         """Raise ConfigError naming a bad field; return self."""
@@ -134,6 +137,10 @@ class UnifiedModel(nn.Module):
         self.prompt_pos = nn.Parameter(torch.randn(PROMPT_LENGTH, C) * 0.02)  # (P, C) prompt slot j
         self.answer_pos = nn.Parameter(torch.randn(ANSWER_LENGTH, C) * 0.02)  # (A, C) answer slot j
         self.main = Transformer(C, cfg.layers, cfg.heads, cfg.dropout)
+        cells = torch.arange(TEXT_CELL, N + 1)  # every cell a token can stand for: text, 0 .. N (rotary.token_cells)
+        cos, sin = turns(cell_angles(cells, layout.grid, C // cfg.heads))  # (N + 2, c) each
+        self.register_buffer("cell_cos", cos, persistent=False)
+        self.register_buffer("cell_sin", sin, persistent=False)
         self.word_head = nn.Linear(C, len(TEXT_VOCABULARY))
         self.depth_pos = nn.Parameter(torch.randn(len(self.slots), C) * 0.02)  # (S, C)
         self.depth = Transformer(C, cfg.depth_layers, cfg.heads, cfg.dropout)
@@ -160,6 +167,14 @@ class UnifiedModel(nn.Module):
         """Answer-block ids (B, a) at slots first .. first+a-1 -> inputs (B, a, C)."""
         return self.word_embed(ids) + self.answer_pos[first : first + ids.shape[1]]
 
+    def turns(self, cells: tuple[Tensor, Tensor]) -> Turns:
+        """Query and key cells (T,) each (rotary.token_cells) -> the main transformer's rotary factors (cos, sin),
+        (2, 1, 1, T, c) each (queries, keys); None for a model without the rotary embedding."""
+        if not self.cfg.rotary:
+            return None
+        index = torch.stack(cells) - TEXT_CELL  # (2, T)
+        return self.cell_cos[index][:, None, None], self.cell_sin[index][:, None, None]
+
     def boi(self, batch: int) -> Tensor:
         """(B, 1, C) the <boi> token's input."""
         return self.word_embed.weight[BOI].expand(batch, 1, -1)
@@ -170,12 +185,13 @@ class UnifiedModel(nn.Module):
         (the outputs at <boi>, x_0 .. x_{N-2})."""
         image = condition_inputs(self.embed_image(stacks[:, :-1]), self.prompt_summary(prompt))  # (B, N - 1, C)
         x = torch.cat([self.embed_prompt(prompt), self.boi(len(prompt)), image], 1)
-        return self.main(x)[:, PROMPT_LENGTH:]  # (B, N, C)
+        return self.main(x, self.turns(token_cells(PROMPT_LENGTH, image.shape[1])))[:, PROMPT_LENGTH:]  # (B, N, C)
 
     def answer_logits(self, stacks: Tensor, answer: Tensor) -> Tensor:
         """Image -> text: stacks (B, N, S_all), answer-block inputs (B, A) -> next-word logits (B, A, V)."""
         x = torch.cat([self.boi(len(stacks)), self.embed_image(stacks), self.embed_answer(answer)], 1)
-        return self.word_head(self.main(x)[:, 1 + stacks.shape[1]:])
+        turned = self.turns(token_cells(0, stacks.shape[1], words_after=answer.shape[1]))
+        return self.word_head(self.main(x, turned)[:, 1 + stacks.shape[1]:])
 
     def forward_depth(self, h: Tensor, codes: Tensor) -> Tensor:
         """Contexts h (M, C), the first j codes of each stack (M, j) -> outputs for slots 0..j (M, j + 1, C)."""

@@ -25,6 +25,7 @@ from torch import Tensor
 from dualtoken_lite.settings import ConfigError
 from dualtoken_lite.tinyworld.vocabulary import END, PAD
 from dualtoken_lite.unified.model import condition_inputs
+from dualtoken_lite.unified.rotary import token_cells
 from dualtoken_lite.unified.sequences import ANSWER_LENGTH, prompt_block
 
 
@@ -97,7 +98,7 @@ def draw_stacks(model, prompt: Tensor, sampling: SamplingConfig, rng: torch.Gene
     cache = model.main.new_cache()
     summary = model.prompt_summary(prompts)  # (M, C) added to every image input (model.condition_inputs)
     x = torch.cat([model.embed_prompt(prompts), model.boi(len(prompts))], 1)  # (M, P + 1, C)
-    h = model.main.step(x, cache)[:, -1]  # (M, C): the context of position 0
+    h = model.main.step(x, cache, model.turns(token_cells(prompts.shape[1], 0)))[:, -1]  # (M, C): position 0's context
     out = torch.zeros(B, N, len(model.slots), dtype=torch.long)
     for n in range(N):
         codes = draw_position(model, h, sampling, guided, rng)  # (B, S) within each codebook
@@ -106,7 +107,7 @@ def draw_stacks(model, prompt: Tensor, sampling: SamplingConfig, rng: torch.Gene
             stack = out[:, n : n + 1]  # (B, 1, S) layout ids of the model's slots
             x = model.embed_image(full_stack(model, stack), n)  # (B, 1, C)
             x = condition_inputs(x.repeat(2, 1, 1) if guided else x, summary)  # (M, 1, C)
-            h = model.main.step(x, cache)[:, -1]
+            h = model.main.step(x, cache, model.turns(token_cells(0, 1, first=n, boi=False)))[:, -1]
     return out
 
 
@@ -127,7 +128,8 @@ def write_answers(model, stacks: Tensor, markers: Tensor, temperature: float = 0
     B = stacks.shape[0]
     cache = model.main.new_cache()
     x = torch.cat([model.boi(B), model.embed_image(stacks), model.embed_answer(markers[:, None])], 1)
-    logits = model.word_head(model.main.step(x, cache)[:, -1])  # (B, V): the first word
+    prefix = model.turns(token_cells(0, stacks.shape[1], words_after=1))
+    logits = model.word_head(model.main.step(x, cache, prefix)[:, -1])  # (B, V): the first word
     words, done = [], torch.zeros(B, dtype=torch.bool)
     for slot in range(1, ANSWER_LENGTH):
         word = sample_logits(logits, temperature, None, rng)  # (B,)
@@ -136,6 +138,7 @@ def write_answers(model, stacks: Tensor, markers: Tensor, temperature: float = 0
         done |= word == END
         if bool(done.all()) or slot + 1 == ANSWER_LENGTH:
             break
-        logits = model.word_head(model.main.step(model.embed_answer(word[:, None], slot), cache)[:, -1])
+        x = model.embed_answer(word[:, None], slot)  # (B, 1, C)
+        logits = model.word_head(model.main.step(x, cache, model.turns(token_cells(1, 0, boi=False)))[:, -1])
     ids = torch.stack(words, 1).tolist()  # (B, t)
     return [row[: row.index(END)] if END in row else [i for i in row if i != PAD] for row in ids]
