@@ -57,6 +57,7 @@ from dualtoken_lite.tinyworld.paths import TOKENIZER_DIR, UNIFIED_DIR
 from dualtoken_lite.unified import trainer
 from dualtoken_lite.unified.generate import generate_images
 from dualtoken_lite.unified.judge import answer_accuracy
+from dualtoken_lite.unified.rotary import token_cells
 from dualtoken_lite.unified.sampling import SamplingConfig, draw_position, guide, write_answers
 from dualtoken_lite.unified.sequences import (
     ANSWER_LENGTH,
@@ -150,7 +151,8 @@ print("stack of position 0:", stacks[0, 0].tolist(), "->", tuple(x.shape))
 guidance = RESULTS["sampling"]["guidance"]
 with torch.no_grad():
     prompts = torch.cat([prompt, prompt_block([[]])])  # the caption, then the empty prompt: (2, 18)
-    h = model.main(torch.cat([model.embed_prompt(prompts), model.boi(2)], 1))[:, -1]  # (2, C): context of x_0
+    x = torch.cat([model.embed_prompt(prompts), model.boi(2)], 1)  # (2, 19, C): prompt slots, then <boi>
+    h = model.main(x, model.turns(token_cells(PROMPT_LENGTH, 0)))[:, -1]  # (2, C): the context of x_0
     inputs, codes = (h + model.depth_pos[0])[:, None], []  # (2, 1, C)
     for s in range(len(model.slots)):
         out = model.depth(inputs)[:, -1]  # (2, C): the depth transformer's output at slot s
