@@ -61,7 +61,8 @@ class UnifiedConfig:
     first_depth_share: float | None = 0.5  # the first pixel depth's share of the image loss (None: 1/S, its share
     #                                         of the codes, i.e. the plain mean over codes)
     dropout: float = 0.0  # dropout in attention and MLP while training
-    rotary: bool = False  # a 2-D rotary embedding in the main transformer's attention (unified/rotary.py)
+    rotary: bool = False  # a 2-D rotary embedding in the main transformer's attention (unified/rotary.py); off in
+    #                       the shipped recipe until its three-seed round is judged (docs/unified_model.md, its pilot)
 
     def validate(self) -> UnifiedConfig:
         """Raise ConfigError naming a bad field; return self."""
