@@ -227,6 +227,18 @@ def test_star_import_of_every_package_works():
     assert len(names) > 5 and result.returncode == 0, result.stdout + result.stderr[-2000:]
 
 
+def test_the_trainer_starts_without_importing_torchmetrics():
+    """torchmetrics loads every metric it has (transformers, torchvision) on import: the trainer imports it only
+    where PSNR / SSIM are computed (evaluation/metrics.py), and a PSNR still computes."""
+    code = ("import sys, torch\nimport dualtoken_lite.training.loop\nfrom dualtoken_lite.evaluation.metrics import psnr\n"
+            "print('torchmetrics' in sys.modules)\nx = torch.zeros(1, 3, 8, 8)\nprint(round(float(psnr(x + 0.1, x)), 2))\n"
+            "print('torchmetrics' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, value, after = result.stdout.split()
+    assert before == "False" and after == "True" and value == "26.02"  # 0.1 in [-1, 1] is 0.05 in [0, 1]: 26.02 dB
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The command table.
 

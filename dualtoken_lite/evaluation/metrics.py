@@ -9,13 +9,18 @@ per branch and per residual depth.
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from dualtoken_lite.datasets.images import to_unit
+
+# torchmetrics is imported inside psnr and ssim, where it is used: importing any part of it loads all its metrics
+# (text, audio, image: transformers, torchvision), 1-2 s of every training command's start on a 2-core CPU,
+# paid even by runs that never evaluate (tests/test_structure.py checks that the trainer starts without it).
 
 
 def psnr(reconstruction: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB, (B,), of images in [-1, 1], measured in [0, 1] with data_range 1."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return peak_signal_noise_ratio(
         to_unit(reconstruction), to_unit(original), data_range=1.0, reduction="none", dim=(1, 2, 3)
     )
@@ -23,6 +28,8 @@ def psnr(reconstruction: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
 
 def ssim(reconstruction: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM, (B,), of images in [-1, 1], measured in [0, 1] with data_range 1 (Gaussian 11x11)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(
         to_unit(reconstruction), to_unit(original), data_range=1.0, reduction="none"
     )
