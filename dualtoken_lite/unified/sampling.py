@@ -130,6 +130,7 @@ def write_answers(model, stacks: Tensor, markers: Tensor, temperature: float = 0
     x = torch.cat([model.boi(B), model.embed_image(stacks), model.embed_answer(markers[:, None])], 1)
     prefix = model.turns(token_cells(0, stacks.shape[1], words_after=1))
     logits = model.word_head(model.main.step(x, cache, prefix)[:, -1])  # (B, V): the first word
+    word_turns = model.turns(token_cells(1, 0, boi=False))  # every later word sits at the text cell: the same factors
     words, done = [], torch.zeros(B, dtype=torch.bool)
     for slot in range(1, ANSWER_LENGTH):
         word = sample_logits(logits, temperature, None, rng)  # (B,)
@@ -139,6 +140,6 @@ def write_answers(model, stacks: Tensor, markers: Tensor, temperature: float = 0
         if bool(done.all()) or slot + 1 == ANSWER_LENGTH:
             break
         x = model.embed_answer(word[:, None], slot)  # (B, 1, C)
-        logits = model.word_head(model.main.step(x, cache, model.turns(token_cells(1, 0, boi=False)))[:, -1])
+        logits = model.word_head(model.main.step(x, cache, word_turns)[:, -1])
     ids = torch.stack(words, 1).tolist()  # (B, t)
     return [row[: row.index(END)] if END in row else [i for i in row if i != PAD] for row in ids]
