@@ -62,7 +62,8 @@ class TrainConfig:
     fused_adamw: bool = True  # AdamW's fused kernel (one pass over all tensors instead of ~10 ops per tensor); the
     #                            same update up to float rounding; on because it is never slower
     compile_decoder: bool = False  # torch.compile the post-quant block and the decoder (inductor); off: its
-    #                                 compile takes minutes on a 2-core CPU and pays back only in long runs
+    #                                 compile takes minutes on a 2-core CPU and pays back only in long runs, and
+    #                                 on an AVX2-only CPU the compiled step measured slower (README, Benchmarks)
     onednn_linear: bool = True  # fp32 Linear layers on the CPU as 1x1 convolutions (model/onednn_linear.py): oneDNN
     #                             uses AVX-512 where MKL's sgemm takes AVX2 (AMD): 2x on an AMD EPYC's matmuls,
     #                             nothing on Intel (MKL runs AVX-512 there); the same products summed in another
