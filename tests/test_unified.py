@@ -81,9 +81,10 @@ def train_set(cache, tokenizer):
     return load_or_encode(tokenizer, TOKENIZER_DIR, "train", 0, 48, cache, progress=False)
 
 
-def tiny_model(layout, variant="both", seed=0, rotary=False) -> UnifiedModel:
+def tiny_model(layout, variant="both", seed=0, rotary=False, context_depths=None) -> UnifiedModel:
     torch.manual_seed(seed)
-    return UnifiedModel(UnifiedConfig(variant=variant, rotary=rotary, **TINY), layout).eval()
+    return UnifiedModel(UnifiedConfig(variant=variant, rotary=rotary, context_depths=context_depths, **TINY),
+                        layout).eval()
 
 
 def some_batch(data, rows, seed=0):
@@ -175,9 +176,10 @@ def test_code_embeddings_sum_to_the_quantized_vector(tokenizer, train_set):
 
 
 # ------------------------------------------------------------------------------------------------ model and sampling
-@pytest.mark.parametrize("variant, rotary", [("pixel", False), ("both", False), ("both", True)])
-def test_cached_paths_equal_the_full_forward_pass(train_set, variant, rotary):
-    model = tiny_model(train_set.layout, variant, rotary=rotary)
+@pytest.mark.parametrize("variant, rotary, context_depths",
+                         [("pixel", False, None), ("both", False, None), ("both", True, None), ("both", False, 1)])
+def test_cached_paths_equal_the_full_forward_pass(train_set, variant, rotary, context_depths):
+    model = tiny_model(train_set.layout, variant, rotary=rotary, context_depths=context_depths)
     rows = training_rows(train_set)[:3]
     batch = some_batch(train_set, rows)
     with torch.no_grad():
@@ -187,7 +189,7 @@ def test_cached_paths_equal_the_full_forward_pass(train_set, variant, rotary):
         steps = [model.main.step(x, cache, model.turns(token_cells(PROMPT_LENGTH, 0)))[:, -1]]
         summary = model.prompt_summary(batch["prompt"])
         for n in range(63):
-            x = condition_inputs(model.embed_image(batch["image_stacks"][:, n : n + 1], n), summary)
+            x = condition_inputs(model.embed_image(batch["image_stacks"][:, n : n + 1], n, context=True), summary)
             steps.append(model.main.step(x, cache, model.turns(token_cells(0, 1, first=n, boi=False)))[:, -1])
         assert torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
         logits = model.answer_logits(batch["text_stacks"], batch["answer"])  # (B, A, V)
@@ -200,11 +202,13 @@ def test_cached_paths_equal_the_full_forward_pass(train_set, variant, rotary):
         assert torch.allclose(torch.stack(got, 1), logits[:, :5], atol=1e-5)
 
 
-@pytest.mark.parametrize("variant, rotary", [("pixel", True), ("both", False), ("both", True)])
-def test_greedy_samples_are_the_full_forward_passs_most_likely_codes_and_words(train_set, variant, rotary):
+@pytest.mark.parametrize("variant, rotary, context_depths",
+                         [("pixel", True, None), ("both", False, None), ("both", True, None), ("both", False, 1)])
+def test_greedy_samples_are_the_full_forward_passs_most_likely_codes_and_words(train_set, variant, rotary,
+                                                                              context_depths):
     """The sampler's own cached code (draw_stacks, write_answers) against the training forward pass: at temperature
     0 every drawn code is the argmax of the full pass's logits over the drawn image, every word of the answer's."""
-    model = tiny_model(train_set.layout, variant, seed=3, rotary=rotary)
+    model = tiny_model(train_set.layout, variant, seed=3, rotary=rotary, context_depths=context_depths)
     prompt = prompt_block(["a red star", "a small blue disc on a photo"])
     stacks = draw_stacks(model, prompt, SamplingConfig(temperature=0, guidance=1.0))  # (2, N, S)
     full = full_stack(model, stacks)  # (2, N, S_all) the tokenizer's layout, as the training batches hold it
@@ -303,6 +307,26 @@ def test_text_to_image_to_text_round_trip_on_a_few_step_model(tokenizer, cache, 
     assert list(points) == ["run step_00000003"]
     info = prompt_information(load_model(tmp_path / "run" / "checkpoints" / "step_00000003"), held)
     assert points["run step_00000003"]["gain"] == round(info["gain"][0], 4)
+
+
+def test_context_depths_hide_the_earlier_positions_deeper_codes_from_drawing_only(train_set):
+    """With context_depths 1, an image being drawn sees its earlier positions' first pixel and first semantic codes
+    only; the same image read for understanding is embedded whole."""
+    model = tiny_model(train_set.layout, "both", context_depths=1)
+    assert model.context_slots.tolist() == [True] + [False] * 7 + [True] + [False] * 3
+    batch = some_batch(train_set, training_rows(train_set)[:2])
+    stacks = batch["image_stacks"]
+    other = stacks.clone()
+    deep = [s for s in range(12) if s not in (0, 8)]
+    other[..., deep] = stacks.flip(0)[..., deep]  # the other image's deeper codes
+    with torch.no_grad():
+        assert torch.equal(model.image_contexts(batch["prompt"], other), model.image_contexts(batch["prompt"], stacks))
+        whole = tiny_model(train_set.layout, "both")
+        assert not torch.allclose(whole.image_contexts(batch["prompt"], other),
+                                  whole.image_contexts(batch["prompt"], stacks))
+        assert not torch.allclose(model.answer_logits(other, batch["answer"]), model.answer_logits(stacks, batch["answer"]))
+    with pytest.raises(ConfigError, match="context_depths"):
+        UnifiedConfig(context_depths=0).validate()
 
 
 def test_first_depth_share_must_be_a_fraction():

@@ -83,9 +83,11 @@ class CodeStackEmbedding(nn.Module):
             parts.append(self.semantic_proj(e[..., p:, :]))  # (B, N, s - p, width)
         return torch.cat(parts, dim=-2)
 
-    def forward(self, stacks: Tensor) -> Tensor:
-        """Layout ids (B, N, S_all) -> one vector per position (B, N, width): the sum over the read slots."""
-        return self.per_slot(self.local_codes(stacks)).sum(-2)
+    def forward(self, stacks: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Layout ids (B, N, S_all) -> one vector per position (B, N, width): the sum over the read slots (over the
+        slots where ``keep`` (S,) bool is true, when given)."""
+        e = self.per_slot(self.local_codes(stacks))  # (B, N, S, width)
+        return (e if keep is None else e[..., keep, :]).sum(-2)
 
     @torch.no_grad()
     def init_from_tokenizer(self, tokenizer) -> None:

@@ -105,7 +105,7 @@ def draw_stacks(model, prompt: Tensor, sampling: SamplingConfig, rng: torch.Gene
         out[:, n] = codes + model.image_embed.offset
         if n + 1 < N:
             stack = out[:, n : n + 1]  # (B, 1, S) layout ids of the model's slots
-            x = model.embed_image(full_stack(model, stack), n)  # (B, 1, C)
+            x = model.embed_image(full_stack(model, stack), n, context=True)  # (B, 1, C)
             x = condition_inputs(x.repeat(2, 1, 1) if guided else x, summary)  # (M, 1, C)
             h = model.main.step(x, cache, model.turns(token_cells(0, 1, first=n, boi=False)))[:, -1]
     return out
