@@ -80,8 +80,8 @@ class UnifiedConfig:
         if self.width % self.heads:
             raise ConfigError(f"model.width={self.width} must be a multiple of model.heads={self.heads}")
         require_fraction(self, ("prompt_dropout", "dropout"), where="model.")
-        if self.context_depths is not None and self.context_depths < 1:
-            raise ConfigError(f"model.context_depths={self.context_depths} must be >= 1, or null for the whole stack")
+        if self.context_depths is not None:
+            require_at_least(self, ("context_depths",), 1, where="model.", note="or null for the whole stack")
         if self.first_depth_share is not None and not 0 < self.first_depth_share < 1:
             raise ConfigError(f"model.first_depth_share={self.first_depth_share} must be in (0, 1), or null for the "
                               "plain mean over codes")
